@@ -1,0 +1,52 @@
+"""roadmap: ablation-roadmap experiments, starting with the ConvNeXt paper's ResNet-50 → ConvNeXt-T ladder.
+
+Public API:
+    list_steps(regime="r50", adopted_only=True) -> list[str]
+    build_model(step, regime="r50", **overrides) -> torch.nn.Module
+    complexity(model, image_size=224) -> {"params": int, "gmacs": float}
+    convert_state_dict(state_dict, step, regime="r50", **overrides) -> dict
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from roadmap.ladder import LadderError, compose_arch, list_steps
+from roadmap.model.complexity import complexity
+from roadmap.model.config import ArchConfig, ArchConfigError
+from roadmap.model.convert import ConversionError
+from roadmap.model.convert import convert_state_dict as _convert_for_model
+from roadmap.model.net import RoadmapNet
+
+__all__ = [
+    "ArchConfig",
+    "ArchConfigError",
+    "ConversionError",
+    "LadderError",
+    "RoadmapNet",
+    "build_model",
+    "compose_arch",
+    "complexity",
+    "convert_state_dict",
+    "list_steps",
+]
+
+
+def build_model(step: str, regime: str = "r50", **overrides: Any) -> RoadmapNet:
+    """The rung `step` of `regime`: the baseline plus every step delta up to `step`, then
+    `overrides` (ArchConfig fields: num_classes=10, layer_scale=1e-6, drop_path=0.1, …)."""
+    return RoadmapNet(compose_arch(step, regime, overrides))
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, torch.Tensor], step: str, regime: str = "r50", **overrides: Any
+) -> dict[str, torch.Tensor]:
+    """Map a torchvision `resnet50` / `convnext_tiny` / `convnext_base` or timm `convnext_tiny` /
+    `convnext_base` state dict (detected from its keys) onto the keys of rung `step`, ready for
+    `build_model(step, regime, **overrides).load_state_dict(..., strict=True)`."""
+    with torch.device("meta"):
+        model: nn.Module = build_model(step, regime, **overrides)
+    return _convert_for_model(state_dict, model)

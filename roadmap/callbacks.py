@@ -1,0 +1,57 @@
+"""Per-epoch metrics that survive a resume: one row per epoch appended to metrics.csv."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from roadmap.results import METRICS_FILE
+
+COLUMNS = ["epoch", "step", "lr", "train/loss", "val/loss", "val/top1", "val/top5", "val/top1_ema",
+           "val/top5_ema", "img_per_s"]
+
+
+class EpochMetrics(L.Callback):
+    """Appends each finished epoch to metrics.csv (rank 0) and keeps this attempt's rows."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = Path(out_dir) / METRICS_FILE
+        self.rows: list[dict[str, Any]] = []
+        self.resumed_from_step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.resumed_from_step = trainer.global_step or None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        logged = trainer.callback_metrics
+        row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        sources = {"train/loss": "train/loss_epoch", "lr": "lr"}
+        for column in COLUMNS[2:]:
+            value = logged.get(sources.get(column, column))
+            row[column] = round(float(value), 6) if value is not None else None
+        row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        self.rows.append(row)
+        new_file = not self.path.is_file()
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every epoch recorded in metrics.csv (across attempts; a rerun epoch keeps its last row)."""
+        if not self.path.is_file():
+            return self.rows
+        by_epoch: dict[int, dict[str, Any]] = {}
+        with open(self.path, newline="") as f:
+            for row in csv.DictReader(f):
+                by_epoch[int(row["epoch"])] = {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+        return [by_epoch[e] for e in sorted(by_epoch)]
+
+    def mean_img_per_s(self) -> float | None:
+        values = [r["img_per_s"] for r in self.rows if r.get("img_per_s")]
+        return round(sum(values) / len(values), 2) if values else None

@@ -1,0 +1,68 @@
+"""`python -m roadmap.inspect [regime=r200] [model.width_mult=0.5 image_size=64]`: one table of
+every rung (params, GMACs, the paper's GFLOPs and top-1, what the step changed).
+`python -m roadmap.inspect step=gelu [experiment=…]`: that rung's resolved run config."""
+from __future__ import annotations
+
+import sys
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from roadmap.ladder import LadderError, changed_fields, compose_arch, conf_dir, list_steps
+from roadmap.model.complexity import complexity
+from roadmap.model.net import RoadmapNet
+from roadmap.reference import paper_ladder
+
+
+def _describe(change: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in change.items())
+
+
+def ladder_table(regime: str, overrides: dict | None = None, image_size: int = 224, all_steps: bool = True) -> pd.DataFrame:
+    """Per rung: step, adopted, params_m, gmacs, paper_gflops, paper_top1, change."""
+    import torch
+
+    paper = paper_ladder(regime).set_index("step")
+    rows = []
+    for step in list_steps(regime, adopted_only=not all_steps):
+        with torch.device("meta"):  # counts need shapes only
+            counts = complexity(RoadmapNet(compose_arch(step, regime, overrides)), image_size)
+        ref = paper.loc[step] if step in paper.index else None
+        rows.append(
+            {
+                "step": step,
+                "adopted": "yes" if ref is None else ref["adopted"],
+                "params_m": round(counts["params"] / 1e6, 3),
+                "gmacs": round(counts["gmacs"], 4),
+                "paper_gflops": None if ref is None else ref["paper_gflops"],
+                "paper_top1": None if ref is None else ref["paper_top1"],
+                "change": _describe(changed_fields(step, regime)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@hydra.main(config_path=str(conf_dir()), config_name="inspect", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from roadmap.run import RunConfigError, plan_run
+
+    try:
+        if cfg.step is None:
+            overrides = {k: v for k, v in cfg.model.items() if k not in ("num_classes", "drop_path", "layer_scale")}
+            table = ladder_table(cfg.regime.name, overrides, int(cfg.image_size), bool(cfg.all_steps))
+            print(f"regime {cfg.regime.name}: GMACs at {cfg.image_size}px, 1000 classes; paper numbers: ImageNet-1K 224px")
+            print(table.to_string(index=False))
+        else:
+            with open_dict(cfg):  # inspect's own keys are not part of the run's config (or its hash)
+                del cfg.image_size, cfg.all_steps
+            plan = plan_run(cfg)
+            print(OmegaConf.to_yaml(plan.cfg), end="")
+            print(f"# output_dir: {plan.out_dir}\n# accumulate: {plan.accumulate}\n# config_hash: {plan.config_hash}")
+    except (LadderError, RunConfigError) as error:
+        print(f"roadmap.inspect: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

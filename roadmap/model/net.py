@@ -1,0 +1,48 @@
+"""`RoadmapNet`: stem → 4 stages → head, built from one `ArchConfig`."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from roadmap.model.config import ArchConfig
+from roadmap.model.layers import STEMS, Block, Downsample, Head, Stage
+
+
+class RoadmapNet(nn.Module):
+    def __init__(self, cfg: ArchConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        widths, outs = cfg.stage_widths(), cfg.block_out_widths()
+        self.stem = STEMS[cfg.stem](widths[0], cfg)
+        total = sum(cfg.depths)
+        drop_rates = [cfg.drop_path * i / max(total - 1, 1) for i in range(total)]  # linear, 0 first
+
+        stages, in_channels, block_index = [], widths[0], 0
+        for i, (depth, width, out) in enumerate(zip(cfg.depths, widths, outs)):
+            downsample: nn.Module = nn.Identity()
+            stride = 1 if i == 0 else 2
+            if cfg.separate_downsampling and i > 0:
+                downsample, in_channels, stride = Downsample(in_channels, out, cfg.norm), out, 1
+            blocks = []
+            for j in range(depth):
+                blocks.append(Block(in_channels, width, stride if j == 0 else 1, drop_rates[block_index], cfg))
+                in_channels, block_index = out, block_index + 1
+            stages.append(Stage(downsample, blocks))
+        self.stages = nn.Sequential(*stages)
+        self.head = Head(in_channels, cfg)
+        self.apply(_init_weights)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+def _init_weights(module: nn.Module) -> None:
+    # The official ConvNeXt init (truncated normal, std 0.02, zero bias), used on every rung.
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -1,0 +1,114 @@
+"""The LightningModule: one rung trained with the recipe; top-1/top-5 of the raw model and,
+separately, of its EMA (the paper's rung numbers are without EMA)."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchmetrics.classification import MulticlassAccuracy
+
+from roadmap.recipe import build_mixup, build_optimizer, build_schedule, build_train_loss, scaled_lr
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class Classifier(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        recipe: dict[str, Any],
+        num_classes: int,
+        global_batch: int,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.recipe = recipe
+        self.global_batch = global_batch
+        self.channels_last = channels_last
+        self.lr = scaled_lr(recipe["optimizer"], global_batch)
+        self.mixup = build_mixup(recipe, num_classes)
+        self.train_loss = build_train_loss(recipe, mixing=self.mixup is not None)
+        self.ema: AveragedModel | None = None
+        if recipe.get("ema_decay"):
+            # Buffers too: the EMA model's BatchNorm statistics follow the averaged weights.
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe["ema_decay"]), use_buffers=True)
+            self.ema.requires_grad_(False)
+        top5 = min(5, num_classes)
+        self.metrics = nn.ModuleDict(
+            {
+                "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+                "top5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
+                "top1_ema": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+                "top5_ema": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
+            }
+        )
+        self.train_images = 0  # this process's, since the last epoch start
+        self.train_seconds = 0.0
+        self._batch_start = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _images(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def on_train_epoch_start(self) -> None:
+        self.train_images, self.train_seconds = 0, 0.0
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = self._images(batch[0]), batch[1]
+        if self.mixup is not None:
+            images, labels = self.mixup(images, labels)
+        loss = self.train_loss(self.model(images), labels)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch})"
+            )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.train_seconds += time.perf_counter() - self._batch_start
+        self.train_images += len(batch[0])
+        world = self.trainer.world_size
+        self.log("img_per_s", world * self.train_images / max(self.train_seconds, 1e-9), prog_bar=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = self._images(batch[0]), batch[1]
+        logits = self.model(images)
+        self.metrics["top1"].update(logits, labels)
+        self.metrics["top5"].update(logits, labels)
+        self.log("val/loss", nn.functional.cross_entropy(logits, labels), sync_dist=True)
+        if self.ema is not None:
+            ema_logits = self.ema(images)
+            self.metrics["top1_ema"].update(ema_logits, labels)
+            self.metrics["top5_ema"].update(ema_logits, labels)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in self.metrics.items():
+            if metric.update_called:
+                self.log(f"val/{name}", metric.compute() * 100, prog_bar=name == "top1")
+            metric.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_optimizer(self.model, self.recipe, self.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = total / max(1, self.trainer.max_epochs)
+        schedule = build_schedule(optimizer, self.recipe, self.lr, total, steps_per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

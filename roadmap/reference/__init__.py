@@ -1,0 +1,25 @@
+"""The paper's published numbers, as package data (nothing at run time reads ../shared).
+
+Source: Z. Liu, H. Mao, C.-Y. Wu, C. Feichtenhofer, T. Darrell, S. Xie, "A ConvNet for the
+2020s", CVPR 2022 (arXiv:2201.03545v2): Figure 2 and Tables 9–11 (ImageNet-1K top-1 at 224²,
+mean and std over 3 seeds in the ResNet-50 regime, single runs in the ResNet-200 regime; GFLOPs).
+Rows with adopted = "ref" are reference points (Swin-T, Swin-B) that are not built.
+"""
+from __future__ import annotations
+
+from importlib.resources import files
+
+import pandas as pd
+
+CITATION = (
+    'Liu, Mao, Wu, Feichtenhofer, Darrell, Xie. "A ConvNet for the 2020s". CVPR 2022. '
+    "arXiv:2201.03545v2, Figure 2 and Tables 9-11."
+)
+
+
+def paper_ladder(regime: str | None = None) -> pd.DataFrame:
+    """One row per rung: regime, order, step, title, adopted (yes/no/ref), paper_top1,
+    paper_top1_std, paper_gflops, note. `regime` filters to "r50" or "r200"."""
+    with files(__package__).joinpath("convnext_paper.csv").open() as f:
+        table = pd.read_csv(f, keep_default_na=False, na_values={"paper_top1": [""], "paper_top1_std": [""], "paper_gflops": [""]})
+    return table if regime is None else table[table["regime"] == regime].reset_index(drop=True)

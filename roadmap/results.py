@@ -1,0 +1,90 @@
+"""The run record: result.json's fields (one schema for run, collect and report), atomic writes,
+and the config hash that decides whether a directory holds "the same run"."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+RESULT_FILE = "result.json"
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_FILE = "last.ckpt"
+METRICS_FILE = "metrics.csv"
+
+# Every result.json has these fields (None where a failed run has no value).
+RESULT_FIELDS = [
+    "experiment", "regime", "step", "seed", "status", "reason",
+    "top1", "top5", "top1_ema", "top5_ema", "top1_max", "top1_ema_max",
+    "params", "gmacs", "gmacs_224", "image_size", "dataset", "num_classes",
+    "epochs", "optimizer_steps", "global_batch", "per_device_batch", "accumulate", "devices",
+    "num_nodes", "sync_batchnorm", "precision", "channels_last", "lr", "lr_scaled",
+    "wall_s", "train_img_per_s", "resumed_from_step", "git_commit", "config_hash",
+    "torch_version", "hostname", "finished_at",
+]
+
+# Keys that do not change what a run computes: moving data or outputs, logging, rerun flags.
+UNHASHED_KEYS = ["output_root", "output_dir", "force", "logger", "data.root", "data.num_workers", "trainer.compile"]
+
+
+def config_hash(cfg: DictConfig) -> str:
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in UNHASHED_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = container
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    canonical = json.dumps(container, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a crash or a full disk never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_result(out_dir: Path, record: dict[str, Any]) -> None:
+    full = {name: record.get(name) for name in RESULT_FIELDS}
+    full.update({k: v for k, v in record.items() if k not in full})
+    write_atomic(out_dir / RESULT_FILE, json.dumps(full, indent=2) + "\n")
+
+
+def read_result(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); remove it to rerun this run") from error
+
+
+def git_commit() -> str:
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")

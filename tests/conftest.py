@@ -1,0 +1,28 @@
+"""Shared test fixtures. Reference files and data are read from ../shared beside the repository."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"../shared not found beside the repository (looked at {SHARED})")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def ladder_rows(shared_dir: Path) -> list[dict[str, str]]:
+    with open(shared_dir / "reference" / "ladder.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def mini_data(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "imagenette2-64-mini"

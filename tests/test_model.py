@@ -1,0 +1,171 @@
+"""The builder reproduces every rung of the ladder exactly (../shared/reference)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torchvision
+
+import roadmap
+from roadmap import ArchConfig, ArchConfigError, LadderError
+from roadmap.model.layers import LayerNorm2d
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def _built_rows() -> list[dict[str, str]]:
+    with open(SHARED / "reference" / "ladder.csv", newline="") as f:
+        return [r for r in csv.DictReader(f) if r["adopted"] in ("yes", "no")]
+
+
+@pytest.mark.parametrize("row", _built_rows(), ids=lambda r: f"{r['regime']}-{r['step']}")
+def test_rung_matches_reference_counts(row: dict[str, str]) -> None:
+    model = roadmap.build_model(row["step"], regime=row["regime"])
+    counts = roadmap.complexity(model, image_size=224)
+    assert counts["params"] == int(row["target_params"])
+    assert counts["gmacs"] == pytest.approx(float(row["target_gmacs"]), abs=5e-4)
+
+
+def test_every_built_row_is_a_listed_step(ladder_rows: list[dict[str, str]]) -> None:
+    for regime in ("r50", "r200"):
+        csv_steps = [r["step"] for r in ladder_rows if r["regime"] == regime and r["adopted"] != "ref"]
+        assert roadmap.list_steps(regime, adopted_only=False) == csv_steps
+        adopted = [r["step"] for r in ladder_rows if r["regime"] == regime and r["adopted"] == "yes"]
+        assert roadmap.list_steps(regime) == adopted
+    assert len(roadmap.list_steps()) == 13
+
+
+def test_layer_scale_gives_convnext_tiny_and_base() -> None:
+    tiny = roadmap.build_model("separate_downsampling", layer_scale=1e-6)
+    base = roadmap.build_model("separate_downsampling", regime="r200", layer_scale=1e-6)
+    assert roadmap.complexity(tiny)["params"] == 28_589_128
+    assert roadmap.complexity(base)["params"] == 88_591_464
+
+
+def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights and BatchNorm statistics, so equality is not an artefact of the init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("reference", "step", "regime", "overrides"),
+    [
+        (lambda: torchvision.models.resnet50(), "resnet50", "r50", {}),
+        (lambda: torchvision.models.convnext_tiny(), "separate_downsampling", "r50", {"layer_scale": 1e-6}),
+        (lambda: timm.create_model("convnext_tiny"), "separate_downsampling", "r50", {"layer_scale": 1e-6}),
+        # Without layer scale in the rung, the converter folds it into the last 1x1 conv.
+        (lambda: timm.create_model("convnext_tiny"), "separate_downsampling", "r50", {}),
+        (lambda: torchvision.models.convnext_base(), "separate_downsampling", "r200", {"layer_scale": 1e-6}),
+        (lambda: timm.create_model("convnext_base"), "separate_downsampling", "r200", {"layer_scale": 1e-6}),
+    ],
+    ids=["tv-resnet50", "tv-convnext_tiny", "timm-convnext_tiny", "timm-convnext_tiny-folded",
+         "tv-convnext_base", "timm-convnext_base"],
+)
+def test_endpoint_rungs_equal_reference_implementations(reference, step, regime, overrides) -> None:
+    torch.manual_seed(0)
+    ref = _randomize(reference())
+    ours = roadmap.build_model(step, regime=regime, **overrides).eval()
+    ours.load_state_dict(roadmap.convert_state_dict(ref.state_dict(), step, regime, **overrides), strict=True)
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        expected, actual = ref(x), ours(x)
+    assert expected.std() > 0
+    assert ((actual - expected).norm() / expected.norm()).item() <= 1e-4
+
+
+def test_convert_rejects_weights_of_another_rung() -> None:
+    state = torchvision.models.resnet50().state_dict()
+    with pytest.raises(roadmap.ConversionError, match="do not fit"):
+        roadmap.convert_state_dict(state, "gelu")
+    with pytest.raises(roadmap.ConversionError, match="unrecognised"):
+        roadmap.convert_state_dict({"foo.weight": torch.zeros(1)}, "resnet50")
+
+
+@pytest.mark.parametrize("step", roadmap.list_steps("r50", adopted_only=False))
+def test_every_r50_rung_trains_at_64px(step: str) -> None:
+    torch.manual_seed(0)
+    model = roadmap.build_model(step, num_classes=10, drop_path=0.1).train()
+    x, y = torch.randn(4, 3, 64, 64), torch.randint(0, 10, (4,))
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_drop_path_is_linear_over_all_blocks() -> None:
+    model = roadmap.build_model("separate_downsampling", drop_path=0.1)
+    rates = [b.drop_path.p for stage in model.stages for b in stage.blocks]
+    assert len(rates) == 18
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.1)
+    steps = [b - a for a, b in zip(rates, rates[1:])]
+    assert steps == pytest.approx([0.1 / 17] * 17)
+
+
+def test_layer_norm_is_over_channels_only() -> None:
+    norm = LayerNorm2d(8)
+    x = torch.randn(2, 8, 5, 5) * 3 + 1
+    y = norm(x)
+    assert torch.allclose(y.mean(1), torch.zeros(2, 5, 5), atol=1e-5)
+    expected = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (8,), eps=1e-6).permute(0, 3, 1, 2)
+    assert torch.allclose(y, expected, atol=1e-6)
+    assert not torch.allclose(y, torch.nn.GroupNorm(1, 8, eps=1e-6)(x), atol=1e-3)
+
+
+def test_bias_rules_follow_the_norm() -> None:
+    bn = roadmap.build_model("fewer_norms")
+    ln = roadmap.build_model("layer_norm")
+    block_bn, block_ln = bn.stages[1].blocks[0], ln.stages[1].blocks[0]
+    assert all(c.bias is None for c in (block_bn.conv1, block_bn.conv2, block_bn.conv3))
+    assert all(c.bias is not None for c in (block_ln.conv1, block_ln.conv2, block_ln.conv3))
+    assert block_ln.shortcut.conv.bias is None  # projection shortcuts never have a bias
+    assert bn.stem.conv.bias is not None  # the patchify stem does
+
+
+def test_width_multiplier_scales_every_stage() -> None:
+    arch = roadmap.compose_arch("separate_downsampling", overrides={"width_mult": 0.25})
+    assert arch.stage_widths() == [24, 48, 96, 192]
+    model = roadmap.build_model("separate_downsampling", width_mult=0.25, num_classes=10)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_unknown_step_and_regime_list_valid_names() -> None:
+    with pytest.raises(LadderError, match=r"step='patchify'.*valid steps: \['resnet50'"):
+        roadmap.build_model("patchify")
+    with pytest.raises(LadderError, match=r"regime='r101'.*\['r200', 'r50'\]"):
+        roadmap.build_model("resnet50", regime="r101")
+    with pytest.raises(LadderError, match="width_128"):
+        roadmap.build_model("width_128")  # an r200-only step
+    with pytest.raises(LadderError, match=r"unknown builder field\(s\) \['kernal_size'\]; valid fields"):
+        roadmap.build_model("gelu", kernal_size=5)
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"fewer_norms": True}, ["fewer_norms", "block", "dwconv_position"]),
+        ({"dwconv_position": "top"}, ["dwconv_position", "depthwise"]),
+        ({"fewer_activations": True}, ["fewer_activations", "dwconv_position"]),
+        ({"norm": "group"}, ["norm", "batch", "layer"]),
+        ({"kernel_size": 4}, ["kernel_size"]),
+    ],
+)
+def test_impossible_combinations_name_the_fields(fields: dict, named: list[str]) -> None:
+    with pytest.raises(ArchConfigError) as error:
+        ArchConfig(**fields)
+    for name in named:
+        assert name in str(error.value)
+    with pytest.raises(LadderError):
+        roadmap.build_model("resnet50", **fields)
