@@ -20,6 +20,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from roadmap.data import DataError
 from roadmap.ladder import LadderError, compose_arch, conf_dir
 from roadmap.model.config import ArchConfig
 from roadmap.results import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, config_hash, git_commit, read_result, write_atomic, write_result
@@ -179,7 +180,9 @@ def train(plan: RunPlan, resume: bool) -> dict[str, Any] | None:
         enable_model_summary=False,
         default_root_dir=out,
         logger=_build_loggers(plan),
-        callbacks=[metrics, ModelCheckpoint(dirpath=out, filename="epoch{epoch}", save_top_k=0, save_last=True)],
+        callbacks=[metrics, ModelCheckpoint(  # one rolling last.ckpt, rewritten (atomically) every epoch
+            dirpath=out, filename=CHECKPOINT_FILE.removesuffix(".ckpt"), save_top_k=1, enable_version_counter=False
+        )],
     )
     ckpt = out / CHECKPOINT_FILE if resume else None
     start = time.perf_counter()
@@ -268,6 +271,9 @@ def execute(cfg: DictConfig) -> int:
     except KeyboardInterrupt:
         log.warning("interrupted: %s keeps last.ckpt; the same command resumes", plan.out_dir)
         return 130
+    except DataError as error:  # bad input, not a failed run: nothing is recorded
+        print(f"roadmap.run: error: {error}", file=sys.stderr)
+        return 2
     except Exception as error:  # noqa: BLE001 - recorded, then reported with its traceback
         traceback.print_exc()
         if _is_rank_zero():

@@ -1,0 +1,139 @@
+"""recipe=paper equals ../shared/reference/recipe.md field by field; the recipe's pieces behave."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import roadmap
+from roadmap.ladder import conf_dir
+from roadmap.module import Classifier, NonFiniteLossError
+from roadmap.recipe import WarmupCosine, build_mixup, param_groups, scaled_lr
+
+RECIPE_MD = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "recipe.md"
+
+
+def compose_run(*overrides: str) -> DictConfig:
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def table() -> dict[str, str]:
+    rows = {}
+    for line in RECIPE_MD.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0] not in ("setting", "---"):
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def numbers(text: str) -> list[float]:
+    values = [float(x) for x in re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?:e-?\d+)?", text)]
+    values += [float(a) / float(b) for a, b in re.findall(r"(\d+)/(\d+)", text)]
+    return values
+
+
+def contains(text: str, value: float) -> bool:
+    return any(math.isclose(value, n, rel_tol=1e-6) for n in numbers(text))
+
+
+def test_paper_recipe_equals_recipe_md(table: dict[str, str]) -> None:
+    cfg = compose_run("experiment=paper_imagenet")
+    r = cfg.recipe
+    assert r.name == "paper" and cfg.data.name == "imagenet"
+    assert "AdamW" in table["optimizer"] and r.optimizer.name == "adamw"
+    assert all(contains(table["optimizer"], b) for b in r.optimizer.betas)
+    assert contains(table["optimizer"], r.optimizer.eps)
+    assert contains(table["base learning rate"], r.optimizer.base_lr)
+    assert contains(table["base learning rate"], r.optimizer.base_batch)
+    assert contains(table["weight decay"], r.optimizer.weight_decay) and "biases and 1-D" in table["weight decay"]
+    assert contains(table["global batch"], r.global_batch)
+    assert contains(table["epochs"], r.epochs)
+    assert contains(table["schedule"], r.schedule.warmup_epochs)
+    assert "from 0" in table["schedule"] and r.schedule.warmup_start_lr == 0
+    assert contains(table["schedule"], r.schedule.min_lr) and "per iteration" in table["schedule"]
+    assert r.augment.randaugment in table["RandAugment"]  # "rand-m9-mstd0.5-inc1"
+    assert all(contains(table["RandAugment"], v) for v in (9, 0.5, 2))
+    assert contains(table["color jitter"], r.augment.color_jitter)
+    mix = table["mixup / cutmix"]
+    assert contains(mix, r.augment.mixup) and contains(mix, r.augment.cutmix)
+    assert contains(mix, r.augment.mixup_switch_prob) and "per batch" in mix and r.augment.mixup_mode == "batch"
+    assert "every batch" in mix and r.augment.mixup_prob == 1.0
+    erasing = table["random erasing"]
+    assert contains(erasing, r.augment.random_erasing) and "per-pixel" in erasing
+    assert r.augment.random_erasing_mode == "pixel" and r.augment.random_erasing_count == 1 and "one region" in erasing
+    assert contains(table["label smoothing"], r.label_smoothing)
+    assert contains(table["stochastic depth"], r.drop_path) and "every roadmap rung" in table["stochastic depth"]
+    assert "off on the roadmap rungs" in table["layer scale init"] and r.layer_scale == 0
+    assert contains(table["head init scale"], r.head_init_scale)
+    assert table["gradient clipping"] == "none" and r.grad_clip is None
+    assert contains(table["EMA"], r.ema_decay)
+    crop = table["train crop"]
+    assert contains(crop, cfg.data.image_size) and "bicubic" in crop and r.augment.interpolation == "bicubic"
+    assert all(contains(crop, v) for v in (*r.augment.scale, *r.augment.ratio, r.augment.hflip))
+    assert contains(table["eval"], round(cfg.data.image_size / r.augment.crop_pct))
+    assert contains(table["eval"], r.augment.crop_pct) and contains(table["eval"], cfg.data.image_size)
+    assert all(contains(table["normalization"], v) for v in (*r.augment.mean, *r.augment.std))
+    # The run uses these values: the model gets the recipe's drop path and no layer scale.
+    assert cfg.model.drop_path == r.drop_path and cfg.model.layer_scale == 0
+
+
+def test_paper_experiment_is_the_official_launch() -> None:
+    cfg = compose_run("experiment=paper_imagenet")
+    t = cfg.trainer
+    assert t.per_device_batch * t.devices * t.num_nodes == cfg.recipe.global_batch == 4096
+    assert t.precision == "bf16-mixed" and t.strategy == "ddp" and cfg.data.image_size == 224
+
+
+def test_learning_rate_scales_linearly() -> None:
+    opt = {"base_lr": 4e-3, "base_batch": 4096}
+    assert scaled_lr(opt, 4096) == pytest.approx(4e-3)
+    assert scaled_lr(opt, 1024) == pytest.approx(1e-3)
+
+
+def test_no_weight_decay_on_biases_and_1d_parameters() -> None:
+    model = roadmap.build_model("separate_downsampling", layer_scale=1e-6, width_mult=0.25)
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in no_decay["params"])
+    gammas = [p for n, p in model.named_parameters() if n.endswith("gamma")]
+    assert gammas and all(any(g is p for p in no_decay["params"]) for g in gammas)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_warmup_then_cosine_per_step() -> None:
+    curve = WarmupCosine(lr=4e-3, total_steps=1000, warmup_steps=100, start_lr=0.0, min_lr=1e-6)
+    lrs = [curve(s) * 4e-3 for s in range(1001)]
+    assert lrs[0] == 0.0 and lrs[50] == pytest.approx(2e-3) and lrs[100] == pytest.approx(4e-3)
+    assert lrs[1000] == pytest.approx(1e-6)
+    assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))
+    assert lrs[550] == pytest.approx(1e-6 + 0.5 * (4e-3 - 1e-6))
+
+
+def test_mixup_is_timms_with_switch_and_smoothing() -> None:
+    cfg = compose_run("recipe=paper")
+    mixup = build_mixup(cfg.recipe, num_classes=10)
+    assert mixup.mixup_alpha == 0.8 and mixup.cutmix_alpha == 1.0 and mixup.switch_prob == 0.5
+    assert mixup.label_smoothing == 0.1 and mixup.mix_prob == 1.0 and mixup.mode == "batch"
+    images, labels = torch.randn(8, 3, 16, 16), torch.arange(8) % 10
+    _, targets = mixup(images, labels)
+    assert targets.shape == (8, 10) and torch.allclose(targets.sum(1), torch.ones(8))
+
+
+def test_ema_is_tracked_outside_the_optimizer_and_nan_loss_stops() -> None:
+    cfg = compose_run("recipe=paper")
+    model = roadmap.build_model("gelu", num_classes=10, width_mult=0.25)
+    module = Classifier(model, dict(cfg.recipe), num_classes=10, global_batch=64)
+    assert module.ema is not None and not any(p.requires_grad for p in module.ema.parameters())
+    with torch.no_grad():
+        model.head.fc.weight.fill_(float("nan"))
+    module.mixup = None
+    module.train_loss = torch.nn.CrossEntropyLoss()
+    with pytest.raises(NonFiniteLossError, match="training loss is nan"):
+        module.training_step((torch.randn(2, 3, 32, 32), torch.tensor([0, 1])), 0)
