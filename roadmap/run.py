@@ -175,6 +175,7 @@ def train(plan: RunPlan, resume: bool) -> dict[str, Any] | None:
         limit_train_batches=cfg.trainer.limit_train_batches,
         limit_val_batches=cfg.trainer.limit_val_batches,
         log_every_n_steps=int(cfg.trainer.log_every_n_steps),
+        check_val_every_n_epoch=int(cfg.trainer.check_val_every_n_epoch),
         deterministic=bool(cfg.trainer.deterministic),
         num_sanity_val_steps=0,
         enable_model_summary=False,
