@@ -21,6 +21,15 @@ class LadderError(ValueError):
     """An unknown regime or step, or a bad builder override."""
 
 
+def rung_dir(step: str, variant: str | None = None) -> str:
+    """A rung's directory name: the step, or `<step>-<variant>` for a named variant."""
+    return step if variant in (None, "", "null") else f"{step}-{variant}"
+
+
+if not OmegaConf.has_resolver("rung_dir"):
+    OmegaConf.register_new_resolver("rung_dir", rung_dir)
+
+
 def conf_dir() -> Path:
     """The Hydra config folder: `roadmap/conf` in an installed wheel, `conf/` in a checkout."""
     package = Path(__file__).resolve().parent

@@ -19,7 +19,7 @@ METRICS_FILE = "metrics.csv"
 
 # Every result.json has these fields (None where a failed run has no value).
 RESULT_FIELDS = [
-    "experiment", "regime", "step", "seed", "status", "reason",
+    "experiment", "regime", "step", "variant", "seed", "status", "reason",
     "top1", "top5", "top1_ema", "top5_ema", "top1_max", "top1_ema_max",
     "params", "gmacs", "gmacs_224", "image_size", "dataset", "num_classes",
     "epochs", "optimizer_steps", "global_batch", "per_device_batch", "accumulate", "devices",
@@ -32,8 +32,18 @@ RESULT_FIELDS = [
 UNHASHED_KEYS = ["output_root", "output_dir", "force", "logger", "data.root", "data.num_workers", "trainer.compile"]
 
 
+def _drop_nulls(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _drop_nulls(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_drop_nulls(v) for v in node]
+    return node
+
+
 def config_hash(cfg: DictConfig) -> str:
-    container = OmegaConf.to_container(cfg, resolve=True)
+    """A short hash of what the run computes. Null values count as absent, so adding an
+    optional key (default null) to the configs later leaves recorded runs' hashes unchanged."""
+    container = _drop_nulls(OmegaConf.to_container(cfg, resolve=True))
     for dotted in UNHASHED_KEYS:
         *parents, leaf = dotted.split(".")
         node = container

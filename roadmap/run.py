@@ -226,6 +226,7 @@ def _run_fields(plan: RunPlan) -> dict[str, Any]:
         "experiment": cfg.experiment_name,
         "regime": cfg.regime.name,
         "step": cfg.step,
+        "variant": cfg.variant,
         "seed": int(cfg.seed),
         "image_size": int(cfg.data.image_size),
         "dataset": cfg.data.name,

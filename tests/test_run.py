@@ -45,7 +45,7 @@ def test_smoke_run_records_every_field(smoke_run) -> None:
     run_dir = out / "smoke" / "r50" / "patchify_stem" / "seed0"
     result = result_of(out, "patchify_stem")
     assert list(result)[: len(RESULT_FIELDS)] == RESULT_FIELDS
-    optional = {"reason", "resumed_from_step"}
+    optional = {"reason", "resumed_from_step", "variant"}
     assert [k for k in RESULT_FIELDS if result[k] is None and k not in optional] == []
     assert result["status"] == "completed" and result["step"] == "patchify_stem"
     assert result["optimizer_steps"] == 4  # 2 epochs x 4 batches / accumulate 2
