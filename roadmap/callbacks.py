@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
-from roadmap.results import METRICS_FILE
+from roadmap.results import METRICS_FILE, refresh_lock
 
 COLUMNS = ["epoch", "step", "lr", "train/loss", "val/loss", "val/top1", "val/top5", "val/top1_ema",
            "val/top5_ema", "img_per_s"]
@@ -20,9 +21,16 @@ class EpochMetrics(L.Callback):
         self.path = Path(out_dir) / METRICS_FILE
         self.rows: list[dict[str, Any]] = []
         self.resumed_from_step: int | None = None
+        self._last_refresh = time.monotonic()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.resumed_from_step = trainer.global_step or None
+        self._last_refresh = time.monotonic()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.is_global_zero and time.monotonic() - self._last_refresh > 60:
+            refresh_lock(self.path.parent)  # tells `roadmap.status` on other hosts it is alive
+            self._last_refresh = time.monotonic()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:

@@ -3,6 +3,7 @@ separately, of its EMA (the paper's rung numbers are without EMA)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -12,6 +13,19 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import MulticlassAccuracy
 
 from roadmap.recipe import build_mixup, build_optimizer, build_schedule, build_train_loss, scaled_lr
+
+
+def ema_update(decay: float, warmup: bool) -> Callable[..., None]:
+    """AveragedModel's EMA step; with `warmup` the decay ramps up as min(decay, (1+n)/(10+n)) over
+    the first updates (timm's / TF's EMA warmup), so a short run's EMA is not stuck near its init."""
+    if not warmup:
+        return get_ema_multi_avg_fn(decay)
+
+    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = int(num_averaged)
+        torch._foreach_lerp_(ema_params, params, 1 - min(decay, (1 + n) / (10 + n)))
+
+    return update
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,7 +52,8 @@ class Classifier(L.LightningModule):
         self.ema: AveragedModel | None = None
         if recipe.get("ema_decay"):
             # Buffers too: the EMA model's BatchNorm statistics follow the averaged weights.
-            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe["ema_decay"]), use_buffers=True)
+            average = ema_update(float(recipe["ema_decay"]), bool(recipe.get("ema_warmup")))
+            self.ema = AveragedModel(model, multi_avg_fn=average, use_buffers=True)
             self.ema.requires_grad_(False)
         top5 = min(5, num_classes)
         self.metrics = nn.ModuleDict(

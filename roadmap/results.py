@@ -98,3 +98,61 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
+
+
+LOCK_FILE = "running.json"
+LOCK_STALE_S = 600  # a lock from another host that has not been refreshed this long is stale
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_holder(out_dir: Path) -> dict[str, Any] | None:
+    """The live process that holds the run's lock, or None (no lock, or a dead/stale one)."""
+    import platform
+    import time
+
+    path = out_dir / LOCK_FILE
+    try:
+        holder = json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if holder.get("host") == platform.node():
+        return holder if _pid_alive(int(holder.get("pid", -1))) else None
+    return holder if age < LOCK_STALE_S else None
+
+
+def acquire_lock(out_dir: Path) -> None:
+    """Mark the run as running; refuse if another live process runs it (a requeued SLURM job
+    takes over its own earlier lock)."""
+    import platform
+    import time
+
+    holder = lock_holder(out_dir)
+    job = os.environ.get("SLURM_JOB_ID")
+    if holder is not None and holder.get("pid") != os.getpid() and not (job and holder.get("slurm_job_id") == job):
+        raise RuntimeError(
+            f"{out_dir} is already being trained by pid {holder.get('pid')} on {holder.get('host')} "
+            f"(since {holder.get('started')}); wait for it or stop it"
+        )
+    record = {"pid": os.getpid(), "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "slurm_job_id": job}
+    write_atomic(out_dir / LOCK_FILE, json.dumps(record) + "\n")
+
+
+def refresh_lock(out_dir: Path) -> None:
+    path = out_dir / LOCK_FILE
+    if path.is_file():
+        os.utime(path)
+
+
+def release_lock(out_dir: Path) -> None:
+    (out_dir / LOCK_FILE).unlink(missing_ok=True)

@@ -23,7 +23,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from roadmap.data import DataError
 from roadmap.ladder import LadderError, compose_arch, conf_dir
 from roadmap.model.config import ArchConfig
-from roadmap.results import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, config_hash, git_commit, read_result, write_atomic, write_result
+from roadmap.results import (
+    CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, acquire_lock, config_hash, git_commit, read_result, release_lock,
+    write_atomic, write_result,
+)
 
 log = logging.getLogger("roadmap.run")
 
@@ -263,11 +266,24 @@ def execute(cfg: DictConfig) -> int:
         log.info("%s: completed with the same config; skipping (force=true reruns it)", plan.out_dir)
         return 0
     if _is_rank_zero():
+        try:
+            acquire_lock(plan.out_dir)
+        except RuntimeError as error:
+            print(f"roadmap.run: error: {error}", file=sys.stderr)
+            return 2
         text = OmegaConf.to_yaml(plan.cfg) + f"config_hash: {plan.config_hash}\n"
         write_atomic(plan.out_dir / CONFIG_FILE, text)
         old_metrics = plan.out_dir / METRICS_FILE
         if action == "fresh" and old_metrics.is_file():  # a forced rerun keeps the old curve aside
             old_metrics.replace(plan.out_dir / f"previous_{METRICS_FILE}")
+    try:
+        return _train_and_record(plan, action)
+    finally:
+        if _is_rank_zero():
+            release_lock(plan.out_dir)
+
+
+def _train_and_record(plan: RunPlan, action: str) -> int:
     try:
         record = train(plan, resume=action == "resume")
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ For pytest, ``conftest.py`` only needs::
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -57,6 +58,10 @@ __all__ = [
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "roadmap-slurm"
 #: Remembers the workdir of the last cluster started on this machine (whatever its workdir).
 _REGISTRY = Path(tempfile.gettempdir()) / "roadmap-slurm-cluster.json"
+#: flock()ed by the process whose cluster runs: the ports are machine-wide, so a second test
+#: session waits for the first to finish instead of killing its cluster.
+_LOCK = Path(tempfile.gettempdir()) / "roadmap-slurm-cluster.lock"
+_lock_fd: Optional[int] = None
 
 PARTITION = "debug"
 FINISHED_STATES = frozenset(
@@ -269,12 +274,24 @@ def requeue(job_id: Union[str, int], env: EnvLike = None, timeout: float = 30.0)
     release(job_id, env=env, timeout=timeout)
 
 
-def release(job_id: Union[str, int], env: EnvLike = None, timeout: float = 30.0) -> None:
-    """Let a requeued job (PENDING, reason BeginTime) start now.  Retries while it completes."""
+def release(
+    job_id: Union[str, int], env: EnvLike = None, timeout: float = 30.0, settle: float = 1.5
+) -> None:
+    """Let a requeued job (PENDING, reason BeginTime) start now.  Retries while it completes.
+
+    Waits ``settle`` seconds after first seeing the job PENDING: slurmd revokes the old run's
+    credential with one-second resolution, and a restart within that same second is refused
+    ("Killing non-startable batch JobId=N: Job credential revoked") and ends the job FAILED.
+    """
     deadline = time.monotonic() + timeout
+    pending_since: Optional[float] = None
     while True:
         info = job_info(job_id, env)
-        if info.get("JobState") == "PENDING":
+        if info.get("JobState") == "PENDING" and pending_since is None:
+            pending_since = time.monotonic()
+        if pending_since is not None and time.monotonic() - pending_since < settle:
+            last = "settling"
+        elif info.get("JobState") == "PENDING":
             proc = _run(
                 ["scontrol", "update", f"jobid={job_id}", "StartTime=now"], env=env, check=False
             )
@@ -401,7 +418,48 @@ def _daemon_pid_files(workdir: Path):
     ]
 
 
-def stop_cluster(workdir: Path = DEFAULT_WORKDIR) -> None:
+def _registry() -> Dict:
+    try:
+        return json.loads(_REGISTRY.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _acquire_lock(timeout: float) -> None:
+    """Take the machine-wide cluster lock (wait up to ``timeout`` s for another process)."""
+    global _lock_fd
+    if _lock_fd is not None:
+        return
+    if _registry().get("owner_pid") == os.getpid():
+        return  # held by this process through another import of this module
+    fd = os.open(str(_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_fd = fd
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                owner = _registry().get("owner_pid")
+                raise SlurmClusterError(
+                    f"local SLURM cluster busy: process {owner} still holds {_LOCK} after {timeout}s"
+                )
+            time.sleep(0.5)
+
+
+def _release_lock() -> None:
+    global _lock_fd
+    if _lock_fd is not None:
+        try:
+            fcntl.flock(_lock_fd, fcntl.LOCK_UN)
+        finally:
+            os.close(_lock_fd)
+            _lock_fd = None
+
+
+def stop_cluster(workdir: Path = DEFAULT_WORKDIR, _keep_lock: bool = False) -> None:
     """Stop a cluster started in ``workdir`` (no-op when nothing runs there)."""
     workdir = Path(workdir)
     conf = workdir / "slurm.conf"
@@ -413,19 +471,16 @@ def stop_cluster(workdir: Path = DEFAULT_WORKDIR) -> None:
             pass
     for pid_file, name in _daemon_pid_files(workdir):
         _kill_pid_file(pid_file, name)
-    try:
-        if json.loads(_REGISTRY.read_text()).get("workdir") == str(workdir):
-            _REGISTRY.unlink()
-    except (OSError, ValueError):
-        pass
+    rec = _registry()
+    if rec.get("workdir") == str(workdir):
+        _REGISTRY.unlink(missing_ok=True)
+        if rec.get("owner_pid") == os.getpid() and not _keep_lock:
+            _release_lock()
 
 
 def _cluster_of_this_process() -> Optional[SlurmCluster]:
     """The cluster this very process started and that still runs (None otherwise)."""
-    try:
-        rec = json.loads(_REGISTRY.read_text())
-    except (OSError, ValueError):
-        return None
+    rec = _registry()
     if rec.get("owner_pid") != os.getpid():
         return None
     workdir = Path(rec["workdir"])
@@ -538,7 +593,10 @@ def records(job):
     cmd = ["scontrol", "show", "job", "-o"] + ([job] if job else [])
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if p.returncode != 0:
-        return []
+        if "Invalid job id" in p.stderr:
+            return []
+        sys.stderr.write(p.stderr)  # controller unreachable...: fail as sacct would
+        sys.exit(1)
     out = []
     for line in p.stdout.splitlines():
         d = dict(m.group(1, 2) for m in re.finditer(r"(?:^|\s)([A-Za-z:/_]+)=(.*?)(?=\s[A-Za-z:/_]+=|$)", line))
@@ -630,11 +688,13 @@ def start_cluster(
     slurmd_port: int = 6818,
     kill_wait: int = 5,
     sacct_shim: bool = True,
+    lock_timeout: float = 900.0,
 ) -> SlurmCluster:
     """Install (if needed) and start munged + slurmctld + slurmd with all state in ``workdir``.
 
-    Stale daemons of an earlier run (same ``workdir``, or the last one recorded on this
-    machine) are stopped first, and the state is wiped, so every call starts a fresh cluster
+    Only one cluster runs per machine (fixed ports): if another live process owns it, this
+    waits up to ``lock_timeout`` s for it to stop.  Stale daemons of an earlier run (same
+    ``workdir``, or the last one recorded on this machine) are then stopped, and the state wiped, so every call starts a fresh cluster
     whose job ids start at a new, time-derived value (FirstJobId).  Blocks until ``sinfo`` shows the node idle.
 
     With ``sacct_shim`` (default), ``workdir/bin/sacct`` answers sacct's job-state queries from
@@ -646,15 +706,13 @@ def start_cluster(
         raise SlurmClusterError(reason)
     install_slurm()
     workdir = Path(workdir).resolve()
+    _acquire_lock(lock_timeout)
 
     # stop leftovers: whatever the registry remembers, and anything in this workdir
-    try:
-        previous = json.loads(_REGISTRY.read_text()).get("workdir")
-    except (OSError, ValueError):
-        previous = None
+    previous = _registry().get("workdir")
     if previous and Path(previous) != workdir:
-        stop_cluster(Path(previous))
-    stop_cluster(workdir)
+        stop_cluster(Path(previous), _keep_lock=True)
+    stop_cluster(workdir, _keep_lock=True)
 
     for sub in ("state", "spool", "run", "log"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
@@ -697,6 +755,7 @@ def start_cluster(
             time.sleep(0.3)
     except BaseException:
         stop_cluster(workdir)
+        _release_lock()
         raise
     return cluster
 

@@ -21,6 +21,16 @@ except ImportError:  # tests/ itself on sys.path (pytest's default rootdir handl
 pytestmark = pytest.mark.slow
 
 
+def _result(job, timeout: float = 90.0):
+    """job.result(), but never hang: submitit waits forever if the cluster disappears."""
+    deadline = time.monotonic() + timeout
+    while not job.done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"submitit job {job.job_id} not done after {timeout}s (state {job.state})")
+        time.sleep(0.5)
+    return job.result()
+
+
 def _wait_for_file(path: Path, timeout: float = 30.0, predicate=lambda text: bool(text)) -> str:
     deadline = time.monotonic() + timeout
     text = ""
@@ -100,11 +110,11 @@ def test_submitit_result_failure_and_cancel(slurm_env, tmp_path):
         time.sleep(60)
 
     job = executor.submit(double, 21)
-    assert job.result() == 42
+    assert _result(job) == 42
 
     bad = executor.submit(boom)
     with pytest.raises(submitit.core.utils.FailedJobError, match="boom"):
-        bad.result()
+        _result(bad)
 
     # A job killed without writing a result is only seen through sacct (here: the shim).
     slow = executor.submit(sleeper)
@@ -161,7 +171,7 @@ def test_submitit_checkpoint_on_preemption_signal(slurm_env, tmp_path):
     wait_for_state(job.job_id, "PENDING", timeout=30, env=slurm_env.env)
     assert job_info(job.job_id, slurm_env.env)["Restarts"] == "1"
     slurm_env.release(job.job_id)  # skip Slurm's BeginTime delay (StartTime=now)
-    assert job.result() == 20
+    assert _result(job) == 20
     first, second = marks.read_text().splitlines()
     assert first == "step=0 restart=0"
     step, restart = second.split()
@@ -178,7 +188,7 @@ def test_submitit_external_requeue_reruns_from_scratch(slurm_env, tmp_path):
     _wait_for_file(marks)
     time.sleep(1)
     requeue(job.job_id, slurm_env.env)
-    assert job.result() == 10
+    assert _result(job) == 10
     assert marks.read_text().splitlines() == ["step=0 restart=0", "step=0 restart=1"]
 
 

@@ -1,0 +1,89 @@
+"""`python -m roadmap.collect experiment=<preset> output_root=…`: one results table per experiment.
+
+Writes <output_root>/<experiment>/results.csv and results.parquet (one row per run: every
+result.json field, plus the paper's top-1 and GFLOPs for the rung) and summary.csv (per rung:
+mean, std and n over seeds of top-1 raw and EMA).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig
+
+from roadmap.ladder import conf_dir, list_steps, list_regimes
+from roadmap.reference import paper_ladder
+from roadmap.results import RESULT_FIELDS, RESULT_FILE
+
+PAPER_COLUMNS = ["paper_top1", "paper_top1_std", "paper_gflops"]
+
+
+def _ladder_order(regime: str, step: str) -> int:
+    try:
+        return list_steps(regime, adopted_only=False).index(step)
+    except ValueError:
+        return 10_000
+
+
+def load_results(experiment_dir: Path) -> pd.DataFrame:
+    """Every run's result.json under experiment_dir (<regime>/<rung>/seed<k>/), paper numbers joined."""
+    paths = sorted(experiment_dir.glob(f"*/*/seed*/{RESULT_FILE}"))
+    rows = [json.loads(p.read_text()) for p in paths]
+    columns = RESULT_FIELDS + sorted({k for r in rows for k in r} - set(RESULT_FIELDS))
+    table = pd.DataFrame(rows, columns=columns)
+    if "variant" not in table:
+        table["variant"] = None
+    paper = paper_ladder()[["regime", "step", *PAPER_COLUMNS]]
+    table = table.merge(paper, on=["regime", "step"], how="left")
+    table.loc[table["variant"].notna(), PAPER_COLUMNS] = None  # a variant is not the paper's rung
+    table["order"] = [_ladder_order(r, s) for r, s in zip(table["regime"], table["step"])]
+    return table.sort_values(["regime", "order", "variant", "seed"], na_position="first").reset_index(drop=True)
+
+
+def summarize(results: pd.DataFrame) -> pd.DataFrame:
+    """Per rung (regime, step, variant): mean, std and n over completed seeds."""
+    done = results[results["status"] == "completed"].copy()
+    done["variant"] = done["variant"].fillna("")
+    summary = (
+        done.groupby(["regime", "order", "step", "variant"], sort=True)
+        .agg(
+            top1_mean=("top1", "mean"), top1_std=("top1", "std"), n=("top1", "size"),
+            top1_ema_mean=("top1_ema", "mean"), top1_ema_std=("top1_ema", "std"),
+            params=("params", "first"), gmacs=("gmacs", "first"), gmacs_224=("gmacs_224", "first"),
+            train_img_per_s=("train_img_per_s", "mean"),
+            paper_top1=("paper_top1", "first"), paper_top1_std=("paper_top1_std", "first"),
+            paper_gflops=("paper_gflops", "first"),
+        )
+        .reset_index()
+    )
+    return summary
+
+
+def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    results = load_results(experiment_dir)
+    if results.empty:
+        raise FileNotFoundError(f"no {RESULT_FILE} under {experiment_dir}/<regime>/<rung>/seed<k>/")
+    summary = summarize(results)
+    results.to_csv(experiment_dir / "results.csv", index=False)
+    results.to_parquet(experiment_dir / "results.parquet", index=False)
+    summary.to_csv(experiment_dir / "summary.csv", index=False)
+    return results, summary
+
+
+@hydra.main(config_path=str(conf_dir()), config_name="collect", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    experiment_dir = Path(cfg.output_root) / cfg.experiment_name
+    try:
+        results, summary = collect(experiment_dir)
+    except FileNotFoundError as error:
+        print(f"roadmap.collect: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(summary.drop(columns=["order"]).to_string(index=False))
+    print(f"{len(results)} runs -> {experiment_dir / 'results.csv'}, results.parquet, summary.csv")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""`python -m roadmap.status +roadmap=<preset> [experiment=…] [output_root=…]`: each rung of a
+sweep as done / running / failed / interrupted / pending (the same arguments as roadmap.sweep)."""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from roadmap.ladder import LadderError, conf_dir
+from roadmap.sweep import SweepError, expand, passed_on_overrides, plan_rungs, status_table
+
+
+@hydra.main(config_path=str(conf_dir()), config_name="sweep", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        rungs, _ = expand(cfg)
+        plan_rungs(rungs, passed_on_overrides())
+    except (SweepError, LadderError, ValueError) as error:
+        print(f"roadmap.status: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(status_table(rungs))
+
+
+if __name__ == "__main__":
+    main()

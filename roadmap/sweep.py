@@ -1,0 +1,238 @@
+"""`python -m roadmap.sweep +roadmap=<preset> [experiment=…] [launcher=local|local_parallel|slurm] …`
+
+Runs every rung of a roadmap preset (conf/roadmap/), one `python -m roadmap.run` process (or DDP
+process group, or SLURM job) per rung, never Hydra multirun: Lightning starts DDP ranks by
+re-running the command line, which must be a single run. Completed rungs are skipped, interrupted
+ones resume from their last.ckpt, a failed rung does not stop the others, and the sweep exits
+non-zero naming the failed rungs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from roadmap.ladder import LadderError, compose_arch, conf_dir, list_steps, load_delta, load_regime, step_chain
+from roadmap.model.config import ArchConfig
+from roadmap.results import CHECKPOINT_FILE, lock_holder, read_result
+
+log = logging.getLogger("roadmap.sweep")
+
+# Keys that belong to the sweep, not to the runs it launches.
+SWEEP_ONLY_PREFIXES = ("+roadmap", "roadmap", "launcher", "hydra", "~roadmap")
+
+
+class SweepError(ValueError):
+    """A roadmap preset or sweep option that cannot work."""
+
+
+@dataclass
+class Rung:
+    """One run of the sweep: its label, the `roadmap.run` overrides, where it writes."""
+
+    step: str
+    seed: int
+    regime: str
+    variant: str | None = None
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path = Path()
+    config_hash: str = ""
+
+    @property
+    def label(self) -> str:
+        name = self.step if self.variant is None else f"{self.step}-{self.variant}"
+        return f"{self.regime}/{name}/seed{self.seed}"
+
+    def overrides(self, passed_on: Sequence[str]) -> list[str]:
+        own = [f"regime={self.regime}", f"step={self.step}", f"seed={self.seed}"]
+        if self.variant is not None:
+            own.append(f"variant={self.variant}")
+        own += [f"model.{k}={_override_value(v)}" for k, v in self.model_overrides.items()]
+        own_keys = {o.split("=", 1)[0] for o in own}
+        return [o for o in passed_on if o.split("=", 1)[0].lstrip("+~") not in own_keys] + own
+
+
+def _override_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def leave_one_out(endpoint: str, regime: str) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The endpoint with each adopted delta taken back (its fields reset to their value before the
+    step): ({variant: model overrides}, {step: why it cannot be removed alone})."""
+    chain = step_chain(endpoint, regime)
+    full = compose_arch(endpoint, regime)
+    variants, impossible = {}, {}
+    for index, step in enumerate(chain):
+        before = compose_arch(chain[index - 1] if index else list_steps(regime)[0], regime)
+        reverted = {k: getattr(before, k) for k in OmegaConf.to_container(load_delta(step, regime))}
+        try:
+            ArchConfig(**{**{f.name: getattr(full, f.name) for f in fields(ArchConfig)}, **reverted})
+        except ValueError as error:
+            impossible[step] = str(error)
+            continue
+        variants[f"without_{step}"] = reverted
+    return variants, impossible
+
+
+def expand(cfg: DictConfig) -> tuple[list[Rung], dict[str, str]]:
+    """The preset's rungs (seed-major: a whole ladder before the next seed) and, for
+    leave-one-out, the deltas that cannot be removed alone."""
+    if "roadmap" not in cfg:
+        presets = sorted(p.stem for p in (conf_dir() / "roadmap").glob("*.yaml"))
+        raise SweepError(f"choose a roadmap preset with +roadmap=<name>; valid presets: {presets}")
+    preset, regime = cfg.roadmap, cfg.roadmap.regime
+    load_regime(regime)
+    steps = preset.steps
+    if steps in ("adopted", "with_branches"):
+        steps = list_steps(regime, adopted_only=steps == "adopted")
+    for step in steps:
+        step_chain(step, regime)  # a clear error for an unknown step
+    seeds = list(preset.seeds) if preset.seeds is not None else [int(cfg.seed)]
+    variants, impossible = ({}, {})
+    if preset.leave_one_out:
+        variants, impossible = leave_one_out(preset.leave_one_out, regime)
+    rungs = []
+    for seed in seeds:
+        rungs += [Rung(step, int(seed), regime) for step in steps]
+        rungs += [Rung(preset.leave_one_out, int(seed), regime, name, ov) for name, ov in variants.items()]
+    return rungs, impossible
+
+
+def passed_on_overrides() -> list[str]:
+    """The command line's overrides that every run gets (not the sweep's own keys)."""
+    task = list(HydraConfig.get().overrides.task)
+    return [o for o in task if not o.lstrip("+~").split("=", 1)[0].split(".")[0] in ("roadmap", "launcher", "hydra")]
+
+
+def plan_rungs(rungs: list[Rung], passed_on: list[str]) -> None:
+    """Fill in each rung's output directory and config hash, composed exactly as roadmap.run does."""
+    from hydra import compose
+
+    from roadmap.run import plan_run
+
+    for rung in rungs:
+        plan = plan_run(compose("train", overrides=rung.overrides(passed_on)))
+        rung.out_dir, rung.config_hash = plan.out_dir, plan.config_hash
+
+
+def status_of(rung: Rung) -> str:
+    """done | failed | running | interrupted (has last.ckpt) | pending | conflict (other config)."""
+    try:
+        result = read_result(rung.out_dir)
+    except ValueError:
+        return "failed"
+    if result is not None and result.get("config_hash") != rung.config_hash:
+        return "conflict"
+    if lock_holder(rung.out_dir) is not None:
+        return "running"
+    if result is not None:
+        return "done" if result.get("status") == "completed" else "failed"
+    return "interrupted" if (rung.out_dir / CHECKPOINT_FILE).is_file() else "pending"
+
+
+def status_table(rungs: list[Rung]) -> str:
+    lines = [f"{'rung':44s} {'status':12s} {'top1':>7s}  directory"]
+    for rung in rungs:
+        state = status_of(rung)
+        result = read_result(rung.out_dir) if state in ("done", "failed") else None
+        top1 = f"{result['top1']:.2f}" if result and result.get("top1") is not None else "-"
+        lines.append(f"{rung.label:44s} {state:12s} {top1:>7s}  {rung.out_dir}")
+    return "\n".join(lines)
+
+
+def run_command(rung: Rung, passed_on: list[str]) -> list[str]:
+    return [sys.executable, "-m", "roadmap.run", *rung.overrides(passed_on)]
+
+
+def launch_local(rungs: list[Rung], passed_on: list[str], launcher: DictConfig, trainer_devices: int) -> dict[str, int]:
+    """Run rungs as child processes, `max_parallel` at a time (1 for launcher=local); each child's
+    output goes to <out_dir>/sweep.log. Returns {label: exit code}."""
+    parallel = int(launcher.get("max_parallel", 1))
+    per_run = int(launcher.get("devices_per_run", trainer_devices) or 1)
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    pending, running, codes = list(rungs), {}, {}
+    free_slots = list(range(parallel))
+    while pending or running:
+        while pending and free_slots:
+            rung, slot = pending.pop(0), free_slots.pop(0)
+            env = dict(os.environ)
+            if parallel > 1:
+                env["OMP_NUM_THREADS"] = str(threads)
+                if os.environ.get("CUDA_VISIBLE_DEVICES") is None and _gpu_count() > 0:
+                    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(slot * per_run + i) for i in range(per_run))
+            rung.out_dir.mkdir(parents=True, exist_ok=True)
+            stream = open(rung.out_dir / "stdout.log", "a")
+            log.info("start %s", rung.label)
+            proc = subprocess.Popen(run_command(rung, passed_on), env=env, stdout=stream, stderr=subprocess.STDOUT)
+            running[proc] = (rung, slot, stream, time.monotonic())
+        time.sleep(0.2)
+        for proc in [p for p in running if p.poll() is not None]:
+            rung, slot, stream, started = running.pop(proc)
+            stream.close()
+            free_slots.append(slot)
+            codes[rung.label] = proc.returncode
+            outcome = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {rung.out_dir}/stdout.log)"
+            log.info("end   %s: %s in %.0fs", rung.label, outcome, time.monotonic() - started)
+    return codes
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def run_sweep(cfg: DictConfig) -> int:
+    rungs, impossible = expand(cfg)
+    for step, why in impossible.items():
+        log.info("leave-one-out: %s cannot be removed alone: %s", step, why)
+    passed_on = passed_on_overrides()
+    plan_rungs(rungs, passed_on)
+    states = {r.label: status_of(r) for r in rungs}
+    conflicts = [r.label for r in rungs if states[r.label] == "conflict"]
+    if conflicts:
+        raise SweepError(f"these rungs' directories hold runs of a different config: {conflicts}; "
+                         "use another experiment_name or output_root, or remove them")
+    todo = [r for r in rungs if states[r.label] not in ("done", "running")]
+    log.info("%d rungs: %d done, %d running elsewhere, %d to run (%s launcher)", len(rungs),
+             sum(s == "done" for s in states.values()), sum(s == "running" for s in states.values()),
+             len(todo), cfg.launcher.name)
+    if cfg.launcher.name == "slurm":
+        from roadmap.slurm import launch_slurm
+
+        codes = launch_slurm(todo, passed_on, cfg)
+    else:
+        codes = launch_local(todo, passed_on, cfg.launcher, int(cfg.trainer.devices) if str(cfg.trainer.devices).isdigit() else 1)
+    print(status_table(rungs))
+    failed = [r.label for r in rungs if status_of(r) == "failed" or codes.get(r.label, 0) != 0]
+    if failed:
+        print(f"roadmap.sweep: {len(failed)} rung(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@hydra.main(config_path=str(conf_dir()), config_name="sweep", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        code = run_sweep(cfg)
+    except (SweepError, LadderError, ValueError) as error:
+        print(f"roadmap.sweep: error: {error}", file=sys.stderr)
+        code = 2
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
