@@ -21,9 +21,15 @@ def ema_update(decay: float, warmup: bool) -> Callable[..., None]:
     if not warmup:
         return get_ema_multi_avg_fn(decay)
 
+    @torch.no_grad()
     def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         n = int(num_averaged)
-        torch._foreach_lerp_(ema_params, params, 1 - min(decay, (1 + n) / (10 + n)))
+        current = min(decay, (1 + n) / (10 + n))
+        if torch.is_floating_point(ema_params[0]) or torch.is_complex(ema_params[0]):
+            torch._foreach_lerp_(ema_params, params, 1 - current)
+        else:  # integer buffers (BatchNorm's num_batches_tracked), as torch's own EMA does
+            for ema, param in zip(ema_params, params):
+                ema.copy_(ema * current + param * (1 - current))
 
     return update
 

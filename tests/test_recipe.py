@@ -137,3 +137,16 @@ def test_ema_is_tracked_outside_the_optimizer_and_nan_loss_stops() -> None:
     module.train_loss = torch.nn.CrossEntropyLoss()
     with pytest.raises(NonFiniteLossError, match="training loss is nan"):
         module.training_step((torch.randn(2, 3, 32, 32), torch.tensor([0, 1])), 0)
+
+
+@pytest.mark.parametrize("recipe", ["paper", "proxy"])
+def test_ema_updates_batchnorm_models(recipe: str) -> None:
+    cfg = compose_run(f"recipe={recipe}")
+    model = roadmap.build_model("resnet50", num_classes=10, width_mult=0.25)
+    module = Classifier(model, dict(cfg.recipe), num_classes=10, global_batch=64)
+    model(torch.randn(4, 3, 32, 32))  # moves BatchNorm statistics
+    for _ in range(3):
+        module.ema.update_parameters(model)
+    assert int(module.ema.n_averaged) == 3
+    ema_var = dict(module.ema.module.named_buffers())["stem.norm.running_var"]
+    assert not torch.allclose(ema_var, torch.ones_like(ema_var))  # buffers follow the model

@@ -1,0 +1,115 @@
+"""`python -m roadmap.sweep`, `roadmap.status` and `roadmap.collect` on the mini Imagenette copy."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import roadmap
+from roadmap.sweep import leave_one_out
+
+MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenette2-64-mini"
+SMOKE = ["experiment=smoke", f"data.root={MINI}"]
+
+
+def cli(module: str, args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def results(out: Path) -> dict[str, Path]:
+    return {p.parent.parent.name: p for p in (out / "smoke" / "r50").glob("*/seed0/result.json")}
+
+
+@pytest.mark.slow
+def test_sweep_survives_sigkill_and_trains_only_missing_rungs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["+roadmap=all", *SMOKE, f"output_root={out}"]
+    proc = subprocess.Popen([sys.executable, "-m", "roadmap.sweep", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not results(out) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and the rung it was training
+    proc.wait()
+    first = results(out)
+    assert len(first) == 1, f"expected exactly one finished rung when killed, found {sorted(first)}"
+    finished = {name: (p.read_bytes(), p.stat().st_mtime_ns) for name, p in first.items()}
+
+    status = cli("roadmap.status", args, tmp_path)
+    assert status.returncode == 0, status.stderr[-2000:]
+    states = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()[1:]}
+    assert states["r50/resnet50/seed0"] == "done"
+    assert set(states.values()) <= {"done", "pending", "interrupted"} and len(states) == 13
+
+    again = cli("roadmap.sweep", args, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(results(out)) == 13
+    for name, (content, mtime) in finished.items():
+        path = results(out)[name]
+        assert path.read_bytes() == content and path.stat().st_mtime_ns == mtime
+    log = (out / "smoke" / "sweep.log").read_text()
+    started_after_restart = log.split("13 rungs: 1 done")[-1].count(" start r50/")
+    assert started_after_restart == 12
+
+    collected = cli("roadmap.collect", [f"output_root={out}", "experiment=smoke"], tmp_path)
+    assert collected.returncode == 0, collected.stderr[-2000:]
+    table = pd.read_csv(out / "smoke" / "results.csv")
+    assert list(table["step"]) == roadmap.list_steps("r50")
+    assert table["paper_top1"].notna().all() and table["status"].eq("completed").all()
+    assert {"per_device_batch", "accumulate", "sync_batchnorm", "top1_ema"} <= set(table.columns)
+    assert len(pd.read_parquet(out / "smoke" / "results.parquet")) == 13
+    summary = pd.read_csv(out / "smoke" / "summary.csv")
+    assert list(summary["n"]) == [1] * 13
+
+
+def test_failed_rung_does_not_stop_the_others(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    broken = out / "smoke" / "r50" / "gelu" / "seed0"
+    broken.mkdir(parents=True)
+    (broken / "last.ckpt").write_bytes(b"corrupt")
+    args = ["+roadmap=all", "roadmap.steps=[gelu,layer_norm]", *SMOKE, f"output_root={out}"]
+    proc = cli("roadmap.sweep", args, tmp_path)
+    assert proc.returncode == 1
+    assert "failed: r50/gelu/seed0" in proc.stderr
+    assert json.loads((out / "smoke" / "r50" / "layer_norm" / "seed0" / "result.json").read_text())["status"] == "completed"
+
+
+def test_sweep_without_a_preset_lists_the_presets(tmp_path: Path) -> None:
+    proc = cli("roadmap.sweep", [*SMOKE, f"output_root={tmp_path}"], tmp_path)
+    assert proc.returncode == 2
+    assert "+roadmap=<name>" in proc.stderr and "leave_one_out" in proc.stderr
+
+
+def test_presets_expand_to_the_expected_rungs(tmp_path: Path) -> None:
+    proc = cli("roadmap.status", ["+roadmap=seeds", *SMOKE, f"output_root={tmp_path}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = proc.stdout.splitlines()[1:]
+    assert len(rows) == 39 and all(r.split()[1] == "pending" for r in rows)
+    assert rows[0].split()[0] == "r50/resnet50/seed0" and rows[13].split()[0] == "r50/resnet50/seed1"
+    kernels = cli("roadmap.status", ["+roadmap=kernels", *SMOKE, f"output_root={tmp_path}"], tmp_path)
+    assert [r.split()[0] for r in kernels.stdout.splitlines()[1:]] == [
+        f"r50/{s}/seed0" for s in ["move_up_dwconv", "kernel_5", "kernel_7", "kernel_9", "kernel_11"]]
+    r200 = cli("roadmap.status", ["+roadmap=r200", *SMOKE, f"output_root={tmp_path}"], tmp_path)
+    assert [r.split()[0] for r in r200.stdout.splitlines()[1:]][4] == "r200/width_128/seed0"
+
+
+def test_leave_one_out_reverts_each_delta_and_names_the_impossible_ones() -> None:
+    variants, impossible = leave_one_out("separate_downsampling", "r50")
+    assert set(impossible) == {"depthwise_conv", "inverted_bottleneck", "move_up_dwconv"}
+    assert "depthwise" in impossible["depthwise_conv"] and "fewer_norms" in impossible["inverted_bottleneck"]
+    assert variants["without_gelu"] == {"activation": "relu"}
+    assert variants["without_stage_ratio"] == {"depths": [3, 4, 6, 3]}
+    assert variants["without_width_96"] == {"width": 64}
+    assert variants["without_layer_norm"] == {"norm": "batch"}
+    assert len(variants) == 9
+    for overrides in variants.values():  # every variant builds and runs
+        model = roadmap.build_model("separate_downsampling", num_classes=10, width_mult=0.25, **overrides)
+        assert model(__import__("torch").randn(2, 3, 32, 32)).shape == (2, 10)
