@@ -36,6 +36,12 @@ class RungJob(submitit.helpers.Checkpointable):
         print(f"roadmap: task {env.global_rank}/{env.num_tasks} of job {env.job_id} "
               f"(restart {os.environ.get('SLURM_RESTART_COUNT', '0')}): {' '.join(self.command)}", flush=True)
         code = subprocess.run(self.command, cwd=self.cwd).returncode
+        if code < 0:
+            # Killed by a signal: Slurm is ending the job (`scontrol requeue`, preemption) and will
+            # rerun it. Writing a result now would make submitit report the job finished while the
+            # rerun goes on, so wait to be killed; the rerun resumes from last.ckpt.
+            print(f"roadmap: the run got signal {-code}; waiting for SLURM to requeue or end the job", flush=True)
+            time.sleep(24 * 3600)
         if code != 0:
             raise RuntimeError(f"roadmap.run exited with {code}")
         return code
@@ -47,14 +53,15 @@ def executor_for(cfg: DictConfig) -> submitit.AutoExecutor:
     if gpus is None:
         gpus = int(launcher.tasks_per_node) if trainer.accelerator in ("gpu", "cuda") else 0
     additional = {"requeue": True, **OmegaConf.to_container(launcher.additional_parameters)}
-    executor = submitit.AutoExecutor(folder=str(Path(launcher.folder) / "%j"), cluster="slurm")
+    executor = submitit.AutoExecutor(
+        folder=str(Path(launcher.folder) / "%j"), cluster="slurm", slurm_max_num_timeout=int(launcher.max_requeues)
+    )
     params: dict[str, Any] = {
         "nodes": int(launcher.nodes),
         "tasks_per_node": int(launcher.tasks_per_node),
         "gpus_per_node": int(gpus),
         "cpus_per_task": int(launcher.cpus_per_task),
         "timeout_min": int(launcher.timeout_min),
-        "slurm_max_num_timeout": int(launcher.max_requeues),
         "slurm_signal_delay_s": int(launcher.signal_delay_s),
         "slurm_setup": list(launcher.setup),
         "slurm_additional_parameters": additional,
@@ -66,6 +73,21 @@ def executor_for(cfg: DictConfig) -> submitit.AutoExecutor:
         params.pop("gpus_per_node")
     executor.update_parameters(**params)
     return executor
+
+
+# Slurm states after which a job never runs again (REQUEUED, COMPLETING, PENDING, … are not final).
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "DEADLINE", "BOOT_FAIL")
+
+
+def _finished(rung: Any, job: submitit.Job, submitted: float) -> bool:
+    """The rung wrote its result.json after submission, or its job ended for good. submitit's
+    `done()` alone is not enough: a requeued job passes through states it counts as done."""
+    from roadmap.results import RESULT_FILE
+
+    result = rung.out_dir / RESULT_FILE
+    if result.is_file() and result.stat().st_mtime >= submitted:
+        return True
+    return job.state.upper().startswith(FINAL_STATES)
 
 
 def launch_slurm(rungs: list[Any], passed_on: list[str], cfg: DictConfig) -> dict[str, int]:
@@ -84,7 +106,8 @@ def launch_slurm(rungs: list[Any], passed_on: list[str], cfg: DictConfig) -> dic
         jobs[rung.label] = (rung, job)
     if not cfg.launcher.wait:
         return {}
-    while not all(job.done() for _, job in jobs.values()):
+    submitted = time.time()
+    while not all(_finished(rung, job, submitted) for rung, job in jobs.values()):
         time.sleep(float(cfg.launcher.poll_s))
     codes = {}
     for label, (rung, job) in jobs.items():

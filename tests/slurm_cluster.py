@@ -14,8 +14,15 @@ written; the daemons and the clients find the configuration through ``SLURM_CONF
 munge come from Debian's ``slurm-wlm`` / ``munge`` packages, installed with apt-get when
 ``slurmctld`` is missing (root only).
 
-There is no accounting storage, so ``sacct`` does not work: job states come from
-``scontrol show job`` (finished jobs stay visible for ``MinJobAge`` seconds, set to 3600 here).
+There is no accounting storage, so the real ``sacct`` fails ("Slurm accounting storage is
+disabled"): job states come from ``scontrol show job`` (finished jobs stay visible for
+``MinJobAge`` = 3600 s).  ``workdir/bin/sacct`` is a small stand-in answering submitit's
+``sacct -o JobID,State,NodeList --parsable2 -j ID`` from ``scontrol``; ``cluster.env`` puts it
+first on PATH.  Code that calls Slurm tools itself (submitit) must see ``cluster.env`` in
+``os.environ`` (``with cluster.activated():`` or ``monkeypatch.setenv``).
+
+One cluster per machine (ports 6817/6818): a machine-wide flock makes a second process wait for
+the first one's cluster to stop, rather than kill it.
 
 For pytest, ``conftest.py`` only needs::
 
@@ -778,8 +785,8 @@ if pytest is not None:
         that call sbatch themselves.
         """
         ok, reason = slurm_available()
-        if not ok:
-            pytest.skip(reason)
+        if not ok:  # CI must run the SLURM tests: there a missing cluster is a failure, not a skip
+            (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
         # The fixture may be collected twice (conftest import + a test module import, or the
         # module imported under two names): a second instance reuses the cluster this process
         # already started, and only the instance that started it stops it.

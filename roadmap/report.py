@@ -1,0 +1,484 @@
+"""`python -m roadmap.report experiment=<preset> output_root=…`: figures and a table for one experiment.
+
+Reads <output_root>/<experiment>/results.csv (collecting the run directories first when it is
+absent or older than a result.json) and every run's metrics.csv, and writes to `report_dir`
+(default <output_root>/<experiment>/report/): `ladder.md` and the figures `ladder`,
+`top1_vs_gmacs`, `top1_vs_throughput` and `curves` in each of `formats` (png, svg). Regimes
+other than r50 get their own files, suffixed `_<regime>`. Rungs that have not run yet appear
+with the paper's numbers alone. The notebooks in analysis/ call these same functions.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+
+from roadmap.collect import collect, load_results, summarize
+from roadmap.ladder import LadderError, conf_dir, list_steps, load_regime, step_chain
+from roadmap.reference import paper_ladder
+from roadmap.results import METRICS_FILE, RESULT_FIELDS, RESULT_FILE
+
+FIGURES = ("ladder", "top1_vs_gmacs", "top1_vs_throughput", "curves")
+DEFAULT_REGIME = "r50"
+OURS_COLOR = "tab:blue"
+PAPER_COLOR = "tab:orange"
+BRANCH_COLOR = "lightgrey"
+CURVE_COLUMNS = ["regime", "rung", "step", "variant", "seed", "order", "epoch", "val/top1", "val/top1_ema"]
+
+
+@dataclass
+class ReportData:
+    """Everything a report draws: runs, per-rung summary, per-epoch curves."""
+
+    experiment_dir: Path
+    results: pd.DataFrame  # one row per run (results.csv)
+    summary: pd.DataFrame  # one row per rung and variant (collect.summarize)
+    curves: pd.DataFrame  # one row per run and epoch (metrics.csv), CURVE_COLUMNS
+
+    @property
+    def name(self) -> str:
+        return self.experiment_dir.name
+
+    @property
+    def regimes(self) -> list[str]:
+        """Regimes with runs (completed or not), else the default regime alone."""
+        found = set(self.results.get("regime", pd.Series(dtype=str)).dropna()) | set(self.curves["regime"])
+        return sorted(found, key=lambda r: (r != DEFAULT_REGIME, r)) or [DEFAULT_REGIME]
+
+    @property
+    def image_size(self) -> int | None:
+        sizes = self.results.get("image_size", pd.Series(dtype=float)).dropna().unique()
+        return int(sizes[0]) if len(sizes) == 1 else None
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+def load_curves(experiment_dir: Path) -> pd.DataFrame:
+    """Every run's metrics.csv (<regime>/<rung>/seed<k>/), finished or still running, stacked."""
+    frames = []
+    for path in sorted(Path(experiment_dir).glob(f"*/*/seed*/{METRICS_FILE}")):
+        seed_dir, rung_dir, regime_dir = path.parent, path.parent.parent, path.parent.parent.parent
+        try:
+            frame = pd.read_csv(path)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+            continue
+        if frame.empty or "epoch" not in frame:
+            continue
+        step, _, variant = rung_dir.name.partition("-")
+        frame = frame.drop_duplicates("epoch", keep="last").assign(
+            regime=regime_dir.name, rung=rung_dir.name, step=step, variant=variant,
+            seed=int(seed_dir.name.removeprefix("seed")), order=_order(regime_dir.name, step),
+        )
+        frames.append(frame.reindex(columns=CURVE_COLUMNS))
+    if not frames:
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    return pd.concat(frames, ignore_index=True).sort_values(["regime", "order", "variant", "seed", "epoch"])
+
+
+def load_report_data(experiment_dir: str | Path, write_collect: bool = False) -> ReportData:
+    """Results, summary and curves of one experiment folder; empty tables when nothing has run.
+
+    results.csv is used as is unless a result.json is newer (or it is absent): then the run
+    directories are collected again, in memory, or with `write_collect` through
+    `roadmap.collect.collect`, which rewrites results.csv and summary.csv."""
+    experiment_dir = Path(experiment_dir)
+    table = experiment_dir / "results.csv"
+    records = list(experiment_dir.glob(f"*/*/seed*/{RESULT_FILE}"))
+    stale = bool(records) and (
+        not table.is_file() or max(p.stat().st_mtime for p in records) > table.stat().st_mtime
+    )
+    if stale:
+        results = collect(experiment_dir)[0] if write_collect else load_results(experiment_dir)
+    elif table.is_file():
+        results = pd.read_csv(table)
+    else:
+        results = pd.DataFrame(columns=[*RESULT_FIELDS, "paper_top1", "paper_top1_std", "paper_gflops", "order"])
+    return ReportData(experiment_dir, results, summarize(results), load_curves(experiment_dir))
+
+
+def _order(regime: str, step: str) -> int:
+    try:
+        return list_steps(regime, adopted_only=False).index(step)
+    except (ValueError, LadderError):
+        return 10_000
+
+
+def parent_step(regime: str, step: str) -> str | None:
+    """The rung `step` is one delta away from (a branch's parent is the rung it branches off)."""
+    try:
+        spec = load_regime(regime)
+        chain = step_chain(step, regime)
+    except LadderError:
+        return None
+    if step == spec.baseline:
+        return None
+    return chain[-2] if len(chain) >= 2 else spec.baseline
+
+
+def ladder_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME) -> pd.DataFrame:
+    """One row per paper rung (and per extra step we ran), in ladder order, our numbers beside the
+    paper's (NaN where a rung has not run), `rung` (the README's number; -1 off the adopted path),
+    `parent`, and `gain` / `paper_gain` over the parent rung.
+    Reference rows (Swin, adopted = "ref") come last."""
+    paper = paper_ladder(regime)[["order", "step", "title", "adopted", "paper_top1", "paper_top1_std", "paper_gflops"]]
+    ours = summary[(summary["regime"] == regime) & (summary["variant"].fillna("") == "")]
+    ours = ours.drop(columns=["regime", "variant", "order", "paper_top1", "paper_top1_std", "paper_gflops"])
+    table = paper.merge(ours, on="step", how="outer")
+    # A step we ran that the paper's table lacks gets its ladder position and adoption here.
+    adopted_steps = list_steps(regime) if _known_regime(regime) else []
+    table["order"] = [o if pd.notna(o) else _order(regime, s) for o, s in zip(table["order"], table["step"])]
+    table["adopted"] = [
+        a if isinstance(a, str) else ("yes" if s in adopted_steps or not adopted_steps else "no")
+        for a, s in zip(table["adopted"], table["step"])
+    ]
+    table = table.sort_values("order", kind="stable").reset_index(drop=True)
+    table["rung"] = (table["adopted"] == "yes").cumsum() - 1  # README's numbering: adopted rungs only
+    table.loc[table["adopted"] != "yes", "rung"] = -1
+    table["parent"] = [parent_step(regime, s) for s in table["step"]]
+    by_step = table.set_index("step")
+    for ours_col, gain_col in (("top1_mean", "gain"), ("paper_top1", "paper_gain")):
+        table[gain_col] = [
+            row[ours_col] - by_step.at[row["parent"], ours_col] if row["parent"] in by_step.index else np.nan
+            for _, row in table.iterrows()
+        ]
+    return table
+
+
+def _known_regime(regime: str) -> bool:
+    try:
+        load_regime(regime)
+        return True
+    except LadderError:
+        return False
+
+
+def spearman(table: pd.DataFrame) -> tuple[float, int]:
+    """Spearman rank correlation of our per-rung mean top-1 and the paper's, over adopted rungs
+    that have both (ties get average ranks); NaN below 3 rungs. Returns (rho, number of rungs)."""
+    rows = table[table["adopted"] == "yes"].dropna(subset=["top1_mean", "paper_top1"])
+    if len(rows) < 3:
+        return math.nan, len(rows)
+    return float(rows["top1_mean"].rank().corr(rows["paper_top1"].rank())), len(rows)
+
+
+def missing_rungs(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, adopted_only: bool = True) -> list[str]:
+    """Rungs of the regime with no completed run yet, in ladder order."""
+    done = set(summary.loc[(summary["regime"] == regime) & (summary["variant"].fillna("") == ""), "step"])
+    return [s for s in list_steps(regime, adopted_only=adopted_only) if s not in done]
+
+
+def status_note(data: ReportData, regime: str = DEFAULT_REGIME) -> str:
+    """One line on how complete the experiment is, e.g. for a notebook."""
+    missing, total = missing_rungs(data.summary, regime), len(list_steps(regime))
+    if not missing:
+        return f"{data.name} ({regime}): all {total} adopted rungs have results."
+    if len(missing) == total:
+        return f"{data.name} ({regime}): no completed runs under {data.experiment_dir} yet: the paper's numbers alone."
+    return f"{data.name} ({regime}): {total - len(missing)} of {total} adopted rungs have results; missing: {', '.join(missing)}."
+
+
+def gain_agreement(table: pd.DataFrame) -> tuple[int, int]:
+    """How many steps (adopted or branch) move top-1 the same way as in the paper: (agree, of)."""
+    rows = table[table["adopted"].isin(["yes", "no"])].dropna(subset=["gain", "paper_gain"])
+    return int((np.sign(rows["gain"]) == np.sign(rows["paper_gain"])).sum()), len(rows)
+
+
+# -------------------------------------------------------------------------------------- markdown
+
+
+def _num(value: float, fmt: str = ".2f", signed: bool = False) -> str:
+    if value is None or pd.isna(value):
+        return "–"
+    return format(value, ("+" if signed else "") + fmt)
+
+
+def _mean_std(mean: float, std: float, n: float | None = None) -> str:
+    if pd.isna(mean):
+        return "–"
+    text = _num(mean) if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+    return text if n is None or pd.isna(n) else f"{text} ({int(n)})"
+
+
+def markdown_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, image_size: int | None = None) -> str:
+    """The ladder as a markdown table (ours beside the paper's, gains over the parent rung), then
+    the Spearman rank correlation and the gain-sign agreement."""
+    table = ladder_table(summary, regime)
+    res = f"{image_size}²" if image_size else "run res."
+    lines = [
+        f"| # | step | ours top-1 (n) | ours EMA top-1 | params (M) | GMACs @{res} | train img/s "
+        "| paper top-1 | paper GFLOPs | Δ ours | Δ paper |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, row in table.iterrows():
+        name = {"no": f"`{row['step']}` (not adopted)", "ref": f"{_short_title(row['title'])} (reference)"}.get(
+            row["adopted"], f"`{row['step']}`")
+        lines.append(
+            f"| {'–' if row['rung'] < 0 else row['rung']} | {name} "
+            f"| {_mean_std(row['top1_mean'], row['top1_std'], row['n'])} "
+            f"| {_mean_std(row['top1_ema_mean'], row['top1_ema_std'])} "
+            f"| {_num(row['params'] / 1e6, '.3f')} | {_num(row['gmacs'], '.4f')} | {_num(row['train_img_per_s'], '.0f')} "
+            f"| {_mean_std(row['paper_top1'], row['paper_top1_std'])} | {_num(row['paper_gflops'])} "
+            f"| {_num(row['gain'], signed=True)} | {_num(row['paper_gain'], signed=True)} |"
+        )
+    rho, k = spearman(table)
+    agree, steps = gain_agreement(table)
+    lines += [
+        "",
+        f"Spearman rank correlation of our mean top-1 with the paper's over {k} adopted rungs: "
+        + (f"ρ = {rho:.3f}." if not math.isnan(rho) else "n/a (needs 3 rungs with results)."),
+        f"Steps whose top-1 change has the paper's sign: {agree} of {steps}.",
+        "Δ: change over the parent rung (a not-adopted branch's parent is the rung it branches off).",
+    ]
+    return "\n".join(lines)
+
+
+def variants_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME) -> str:
+    """Named variants (e.g. leave-one-out) against their plain rung; empty string when none."""
+    ours = summary[summary["regime"] == regime].assign(variant=lambda t: t["variant"].fillna(""))
+    variants = ours[ours["variant"] != ""]
+    if variants.empty:
+        return ""
+    plain = ours[ours["variant"] == ""].set_index("step")["top1_mean"]
+    lines = ["| rung | variant | top-1 (n) | Δ vs rung | params (M) | GMACs |", "|---|---|---|---|---|---|"]
+    for _, row in variants.iterrows():
+        base = plain.get(row["step"], np.nan)
+        lines.append(
+            f"| `{row['step']}` | `{row['variant']}` | {_mean_std(row['top1_mean'], row['top1_std'], row['n'])} "
+            f"| {_num(row['top1_mean'] - base, signed=True)} | {_num(row['params'] / 1e6, '.3f')} | {_num(row['gmacs'], '.4f')} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown_report(data: ReportData, figure_format: str | None = "png") -> str:
+    """The whole ladder.md: run counts, then per regime the figures, the ladder table and variants."""
+    status = data.results["status"].value_counts() if not data.results.empty else pd.Series(dtype=int)
+    failed = data.results[data.results["status"] == "failed"] if not data.results.empty else data.results
+    parts = [
+        f"# Ladder report: {data.name}",
+        "",
+        "Runs: " + (", ".join(f"{n} {s}" for s, n in status.items()) if len(status) else "none finished yet") + ".",
+    ]
+    parts += [f"- failed: `{r.regime}/{r.step}` seed {r.seed}: {r.reason}" for r in failed.itertuples()]
+    parts.append("Top-1 in %: ours on this experiment's data (mean ± std over seeds), the paper's on ImageNet-1K at 224².")
+    for regime in data.regimes:
+        suffix = _suffix(regime)
+        parts += ["", f"## {regime}", "", status_note(data, regime), ""]
+        if figure_format:
+            parts += [f"![{name}]({name}{suffix}.{figure_format})" for name in FIGURES] + [""]
+        parts.append(markdown_table(data.summary, regime, data.image_size))
+        variants = variants_table(data.summary, regime)
+        if variants:
+            parts += ["", "### Variants", "", variants]
+    return "\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------------------- figures
+
+
+def _bar_labels(table: pd.DataFrame) -> list[str]:
+    return [f"{s} (not adopted)" if a == "no" else s for s, a in zip(table["step"], table["adopted"])]
+
+
+def _bars(ax, y, values, errors, adopted, lo: float, color: str) -> None:
+    """Horizontal bars from `lo` (axis start) to each value; branches greyed and hatched."""
+    for yi, value, error, is_adopted in zip(y, values, errors, adopted):
+        if pd.isna(value):
+            continue
+        ax.barh(
+            yi, value - lo, left=lo, height=0.7, color=color if is_adopted else BRANCH_COLOR,
+            hatch=None if is_adopted else "//", edgecolor="dimgrey" if not is_adopted else color,
+            xerr=None if pd.isna(error) else error, error_kw={"elinewidth": 1, "capsize": 2},
+        )
+
+
+def _axis_range(values: pd.Series, errors: pd.Series, pad: float, room: float) -> tuple[float, float]:
+    low = (values - errors.fillna(0)).min()
+    high = (values + errors.fillna(0)).max()
+    return math.floor(low - pad), high + room * max(high - low, 1.0) + pad
+
+
+def ladder_figure(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, title: str = "", column: str = "top1") -> Figure:
+    """The paper's Figure 2 with our results: one horizontal bar per rung (baseline at top), ours
+    (mean ± std, GMACs at the run's resolution) on the left, the paper's (± std, GFLOPs) on the
+    right with the Swin reference line; not-adopted branches hatched grey; missing runs marked."""
+    full = ladder_table(summary, regime)
+    refs = full[full["adopted"] == "ref"]
+    table = full[full["adopted"] != "ref"].reset_index(drop=True)
+    y = np.arange(len(table))
+    adopted = (table["adopted"] == "yes").tolist()
+    fig = Figure(figsize=(12, 1.6 + 0.38 * len(table)), layout="constrained")
+    ax_ours, ax_paper = fig.subplots(1, 2, sharey=True)
+
+    mean, std = table[f"{column}_mean"], table[f"{column}_std"]
+    if mean.notna().any():
+        lo, hi = _axis_range(mean, std, pad=1.0, room=0.25)
+        _bars(ax_ours, y, mean, std, adopted, lo, OURS_COLOR)
+        for yi, m, s, g in zip(y, mean, std.fillna(0), table["gmacs"]):
+            if pd.notna(m) and pd.notna(g):
+                ax_ours.text(m + s + 0.01 * (hi - lo), yi, f"{g:.3g} GMACs", va="center", fontsize=7)
+        ax_ours.set_xlim(lo, hi)
+    else:
+        ax_ours.set_xlim(0, 100)
+    for yi, m in zip(y, mean):
+        if pd.isna(m):
+            ax_ours.text(0.02, yi, "not run yet", va="center", fontsize=7, color="grey", style="italic",
+                         transform=ax_ours.get_yaxis_transform())
+    ax_ours.set_xlabel(f"ours: {'EMA ' if column == 'top1_ema' else ''}top-1 (%), mean ± std over seeds")
+
+    paper, paper_std = table["paper_top1"], table["paper_top1_std"]
+    if paper.notna().any():
+        values = pd.concat([paper, refs["paper_top1"]])
+        lo, hi = _axis_range(values, pd.concat([paper_std, refs["paper_top1_std"]]), pad=0.3, room=0.2)
+        _bars(ax_paper, y, paper, paper_std, adopted, lo, PAPER_COLOR)
+        for yi, m, s, g in zip(y, paper, paper_std.fillna(0), table["paper_gflops"]):
+            if pd.notna(m) and pd.notna(g):
+                ax_paper.text(m + s + 0.01 * (hi - lo), yi, f"{g:.2f} GFLOPs", va="center", fontsize=7)
+        for _, ref in refs.iterrows():
+            ax_paper.axvline(ref["paper_top1"], color="grey", linestyle="--", linewidth=1)
+            ax_paper.text(ref["paper_top1"], -0.6, f" {_short_title(ref['title'])}: {ref['paper_top1']:.1f}",
+                          fontsize=7, color="dimgrey", va="bottom")
+        ax_paper.set_xlim(lo, hi)
+    ax_paper.set_xlabel("paper: ImageNet-1K top-1 (%)" + (", mean ± std over 3 seeds" if paper_std.notna().any() else ""))
+
+    ax_ours.set_yticks(y, _bar_labels(table))
+    for label, is_adopted in zip(ax_ours.get_yticklabels(), adopted):
+        label.set_color("black" if is_adopted else "grey")
+    ax_ours.set_ylim(len(table) - 0.5, -1.0)  # baseline at top, room for the reference label
+    for ax in (ax_ours, ax_paper):
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title or f"{regime}: ours vs the paper (Fig. 2)")
+    return fig
+
+
+def scatter_figure(summary: pd.DataFrame, x: str, xlabel: str, regime: str = DEFAULT_REGIME,
+                   title: str = "", column: str = "top1") -> Figure:
+    """Our top-1 (mean ± std) against a per-rung column `x`, one labelled point per rung; the
+    adopted rungs joined in ladder order, branches as hollow grey points."""
+    table = ladder_table(summary, regime).dropna(subset=[f"{column}_mean", x])
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    ax = fig.subplots()
+    path = table[table["adopted"] == "yes"]
+    ax.plot(path[x], path[f"{column}_mean"], color=OURS_COLOR, alpha=0.35, linewidth=1)
+    for _, row in table.iterrows():
+        is_adopted = row["adopted"] == "yes"
+        ax.errorbar(
+            row[x], row[f"{column}_mean"], yerr=None if pd.isna(row[f"{column}_std"]) else row[f"{column}_std"],
+            fmt="o", color=OURS_COLOR if is_adopted else "grey", mfc=OURS_COLOR if is_adopted else "white",
+            capsize=2, markersize=6,
+        )
+        ax.annotate(row["step"], (row[x], row[f"{column}_mean"]), xytext=(4, 4), textcoords="offset points",
+                    fontsize=7, color="black" if is_adopted else "grey")
+    if table.empty:
+        ax.text(0.5, 0.5, "no completed runs yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"ours: {'EMA ' if column == 'top1_ema' else ''}top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or regime)
+    return fig
+
+
+def top1_vs_gmacs_figure(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, image_size: int | None = None,
+                         title: str = "") -> Figure:
+    res = f"{image_size}²" if image_size else "the run's resolution"
+    return scatter_figure(summary, "gmacs", f"GMACs at {res}", regime, title)
+
+
+def top1_vs_throughput_figure(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, title: str = "") -> Figure:
+    return scatter_figure(summary, "train_img_per_s", "measured training throughput (img/s)", regime, title)
+
+
+def curves_figure(curves: pd.DataFrame, regime: str = DEFAULT_REGIME, seed: int | None = None, title: str = "") -> Figure:
+    """Validation top-1 (raw and EMA) per epoch, one line per rung (mean over seeds, or `seed`);
+    colours follow the ladder order, branches and variants dashed."""
+    runs = curves[curves["regime"] == regime]
+    if seed is not None:
+        runs = runs[runs["seed"] == seed]
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    rungs = runs.groupby(["order", "rung"], sort=True)
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.95, max(rungs.ngroups, 1)))
+    branches = set(load_regime(regime).branches) if _known_regime(regime) else set()
+    for color, ((_, rung), group) in zip(colors, rungs):
+        mean = group.groupby("epoch")[["val/top1", "val/top1_ema"]].mean()
+        dashed = rung in branches or "-" in rung
+        for ax, metric in zip(axes, ["val/top1", "val/top1_ema"]):
+            ax.plot(mean.index + 1, mean[metric], color=color, linestyle="--" if dashed else "-",
+                    label=f"{rung} ({group['seed'].nunique()} seed{'s' if group['seed'].nunique() > 1 else ''})")
+    for ax, name in zip(axes, ["val top-1 (%)", "val top-1, EMA weights (%)"]):
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if rungs.ngroups == 0:
+            ax.text(0.5, 0.5, "no metrics.csv yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+    axes[0].set_ylabel("top-1 (%)")
+    if rungs.ngroups:
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(title or f"{regime}: training curves ({'seed ' + str(seed) if seed is not None else 'mean over seeds'})")
+    return fig
+
+
+def report_figures(data: ReportData) -> dict[str, Figure]:
+    """Every figure of the report, keyed by file stem (`ladder`, …; `_<regime>` outside r50)."""
+    figures = {}
+    for regime in data.regimes:
+        suffix, name = _suffix(regime), f"{data.name} ({regime})"
+        figures[f"ladder{suffix}"] = ladder_figure(data.summary, regime, title=f"{name}: ours vs the paper's Figure 2")
+        figures[f"top1_vs_gmacs{suffix}"] = top1_vs_gmacs_figure(data.summary, regime, data.image_size, title=name)
+        figures[f"top1_vs_throughput{suffix}"] = top1_vs_throughput_figure(data.summary, regime, title=name)
+        figures[f"curves{suffix}"] = curves_figure(data.curves, regime, title=f"{name}: training curves, mean over seeds")
+    return figures
+
+
+def _short_title(title: str) -> str:
+    return title.split(" (")[0]
+
+
+def _suffix(regime: str) -> str:
+    return "" if regime == DEFAULT_REGIME else f"_{regime}"
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Save with reproducible output (no date in SVG, fixed SVG ids), so re-running does not churn git."""
+    with matplotlib.rc_context({"svg.hashsalt": "roadmap"}):
+        fig.savefig(path, dpi=150, metadata={"Date": None} if path.suffix == ".svg" else None)
+    return path
+
+
+def write_report(experiment_dir: str | Path, report_dir: str | Path | None = None,
+                 formats: tuple[str, ...] | list[str] = ("png", "svg"), write_collect: bool = True) -> list[Path]:
+    """Write ladder.md and every figure in every format to report_dir (default
+    <experiment_dir>/report); returns the files written."""
+    data = load_report_data(experiment_dir, write_collect=write_collect)
+    report_dir = Path(report_dir) if report_dir is not None else data.experiment_dir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, fig in report_figures(data).items():
+        written += [save_figure(fig, report_dir / f"{stem}.{fmt}") for fmt in formats]
+    markdown = report_dir / "ladder.md"
+    markdown.write_text(markdown_report(data, figure_format=formats[0] if formats else None))
+    return [*written, markdown]
+
+
+@hydra.main(config_path=str(conf_dir()), config_name="report", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    experiment_dir = Path(cfg.output_root) / cfg.experiment_name
+    if not any(experiment_dir.glob("*/*/seed*")) and not (experiment_dir / "results.csv").is_file():
+        print(f"roadmap.report: warning: no runs under {experiment_dir}: the paper's numbers alone", file=sys.stderr)
+    written = write_report(experiment_dir, cfg.report_dir, list(cfg.formats))
+    print(f"{len(written)} files -> {Path(cfg.report_dir)}")
+    for path in written:
+        print(f"  {path.name}")
+
+
+if __name__ == "__main__":
+    matplotlib.use("Agg")
+    main()

@@ -1,0 +1,212 @@
+"""roadmap.report: tables and figures on synthetic results, and the CLI on a hand-built experiment."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from roadmap import report
+from roadmap.collect import summarize
+from roadmap.reference import paper_ladder
+from roadmap.results import RESULT_FIELDS
+
+REPO = Path(__file__).resolve().parents[1]
+MISSING = "layer_norm"  # a rung that has not run in the synthetic experiment
+
+
+def _result(step: str, seed: int, top1: float | None, variant: str | None = None, status: str = "completed") -> dict:
+    paper = paper_ladder("r50").set_index("step")
+    order = int(paper.at[step, "order"])
+    record = {name: None for name in RESULT_FIELDS}
+    record.update(
+        experiment="synthetic", regime="r50", step=step, variant=variant, seed=seed, status=status,
+        top1=top1, top5=None if top1 is None else 95.0, top1_ema=None if top1 is None else top1 + 1.0,
+        top5_ema=None if top1 is None else 96.0, params=1_000_000 + 10_000 * order,
+        gmacs=float(paper.at[step, "paper_gflops"]) / 12, gmacs_224=float(paper.at[step, "paper_gflops"]),
+        image_size=64, train_img_per_s=400.0 - 10 * order, reason="NaN loss" if status == "failed" else None,
+    )
+    return record
+
+
+def _synthetic_records() -> list[dict]:
+    """Three seeds per adopted rung, one per kernel branch, no `layer_norm`, a variant, a failed run."""
+    rng = np.random.default_rng(0)
+    records = []
+    for row in paper_ladder("r50").itertuples():
+        if row.adopted == "ref" or row.step == MISSING:
+            continue
+        for seed in (0, 1, 2) if row.adopted == "yes" else (0,):
+            records.append(_result(row.step, seed, 60 + 4 * (row.paper_top1 - 78) + rng.normal(0, 0.3)))
+    records.append(_result("separate_downsampling", 0, 70.0, variant="without_gelu"))
+    records.append(_result("resnet50", 3, None, status="failed"))
+    return records
+
+
+@pytest.fixture(scope="module")
+def results() -> pd.DataFrame:
+    table = pd.DataFrame(_synthetic_records())
+    paper = paper_ladder("r50")[["step", "order", "paper_top1", "paper_top1_std", "paper_gflops"]]
+    table = table.merge(paper, on="step", how="left")
+    table.loc[table["variant"].notna(), ["paper_top1", "paper_top1_std", "paper_gflops"]] = None
+    return table
+
+
+@pytest.fixture(scope="module")
+def summary(results: pd.DataFrame) -> pd.DataFrame:
+    return summarize(results)
+
+
+def _write_run(experiment_dir: Path, record: dict | None, rung: str, seed: int, epochs: int = 3) -> None:
+    run_dir = experiment_dir / "r50" / rung / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    top1 = 50.0 if record is None or record["top1"] is None else record["top1"]
+    metrics = pd.DataFrame({
+        "epoch": range(epochs), "step": [10 * (e + 1) for e in range(epochs)], "lr": 1e-3,
+        "train/loss": 2.0, "val/loss": 1.5, "val/top1": [top1 - 5 * (epochs - 1 - e) for e in range(epochs)],
+        "val/top5": 90.0, "val/top1_ema": top1, "val/top5_ema": 90.0, "img_per_s": 400.0,
+    })
+    metrics.to_csv(run_dir / "metrics.csv", index=False)
+    if record is not None:
+        (run_dir / "result.json").write_text(json.dumps(record))
+
+
+@pytest.fixture()
+def experiment_dir(tmp_path: Path) -> Path:
+    """<tmp>/synthetic/r50/<rung>/seed<k>/ with result.json and metrics.csv for a few rungs (two
+    seeds of resnet50, a kernel branch, a variant), and one rung still running (metrics only)."""
+    root = tmp_path / "synthetic"
+    _write_run(root, _result("resnet50", 0, 60.0), "resnet50", 0)
+    _write_run(root, _result("resnet50", 1, 61.0), "resnet50", 1)
+    _write_run(root, _result("stage_ratio", 0, 63.0), "stage_ratio", 0)
+    _write_run(root, _result("move_up_dwconv", 0, 64.0), "move_up_dwconv", 0)
+    _write_run(root, _result("kernel_5", 0, 65.0), "kernel_5", 0)
+    _write_run(root, _result("separate_downsampling", 0, 70.0), "separate_downsampling", 0)
+    _write_run(root, _result("separate_downsampling", 0, 68.0, variant="without_gelu"), "separate_downsampling-without_gelu", 0)
+    _write_run(root, None, "gelu", 0, epochs=2)
+    return root
+
+
+# ------------------------------------------------------------------------------- tables
+
+
+def test_ladder_table_rows_gains_and_missing_rung(summary: pd.DataFrame) -> None:
+    table = report.ladder_table(summary)
+    paper = paper_ladder("r50")
+    assert table["step"].tolist() == paper.sort_values("order")["step"].tolist()  # every paper row, in order
+    by_step = table.set_index("step")
+    assert math.isnan(by_step.at[MISSING, "top1_mean"]) and by_step.at[MISSING, "paper_top1"] == 81.47
+    assert math.isnan(by_step.at["separate_downsampling", "gain"])  # its parent did not run
+    assert by_step.at["kernel_9", "parent"] == "move_up_dwconv" and by_step.at["gelu", "parent"] == "kernel_7"
+    assert by_step.at["stage_ratio", "gain"] == pytest.approx(
+        by_step.at["stage_ratio", "top1_mean"] - by_step.at["resnet50", "top1_mean"])
+    assert by_step.at["stage_ratio", "paper_gain"] == pytest.approx(79.36 - 78.82)
+    adopted = table[table["adopted"] == "yes"]
+    assert adopted["rung"].tolist() == list(range(13))  # the README's numbering
+    assert by_step.at["resnet50", "n"] == 3  # the failed seed is not counted
+
+
+def test_spearman_matches_formula(summary: pd.DataFrame) -> None:
+    table = report.ladder_table(summary)
+    rho, k = report.spearman(table)
+    rows = table[table["adopted"] == "yes"].dropna(subset=["top1_mean"])
+    assert k == len(rows) == 12
+    ours, paper = rows["top1_mean"].rank(), rows["paper_top1"].rank()
+    assert rho == pytest.approx(ours.corr(paper))
+    if not paper.duplicated().any() and not ours.duplicated().any():  # textbook formula without ties
+        assert rho == pytest.approx(1 - 6 * ((ours - paper) ** 2).sum() / (k * (k * k - 1)))
+    assert 0.8 < rho <= 1.0  # the synthetic ladder follows the paper up to noise
+    assert math.isnan(report.spearman(table.head(2))[0])
+
+
+def test_markdown_table(summary: pd.DataFrame) -> None:
+    text = report.markdown_table(summary, "r50", image_size=64)
+    for step in paper_ladder("r50").query("adopted != 'ref'")["step"]:
+        assert f"`{step}`" in text
+    assert "GMACs @64²" in text and "`kernel_5` (not adopted)" in text and "Swin-T (reference)" in text
+    assert "| 78.82 ± 0.07 |" in text and "ρ = " in text
+    layer_norm = next(line for line in text.splitlines() if "`layer_norm`" in line)
+    assert layer_norm.startswith("| 11 |") and "| – |" in layer_norm
+    variants = report.variants_table(summary)
+    assert "`without_gelu`" in variants and "70.00 (1)" in variants
+    assert report.variants_table(summary[summary["variant"] == ""]) == ""
+
+
+def test_markdown_table_without_runs() -> None:
+    empty = summarize(pd.DataFrame(columns=[*RESULT_FIELDS, "paper_top1", "paper_top1_std", "paper_gflops", "order"]))
+    text = report.markdown_table(empty)
+    assert "n/a" in text and "`separate_downsampling`" in text
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def test_figures_on_synthetic_summary(summary: pd.DataFrame, tmp_path: Path) -> None:
+    ladder = report.ladder_figure(summary)
+    ours, paper = ladder.axes
+    labels = [t.get_text() for t in ours.get_yticklabels()]
+    assert labels[0] == "resnet50" and "kernel_5 (not adopted)" in labels and len(labels) == 16
+    assert any(t.get_text() == "not run yet" for t in ours.texts)  # the missing rung is marked
+    assert any("Swin-T: 81.3" in t.get_text() for t in paper.texts) and paper.lines  # reference line
+    assert any(p.get_hatch() for p in paper.patches)  # branches hatched
+    assert sum("GFLOPs" in t.get_text() for t in paper.texts) == 16
+    for fig in (ladder, report.top1_vs_gmacs_figure(summary, image_size=64), report.top1_vs_throughput_figure(summary),
+                report.ladder_figure(summary.iloc[:0]), report.top1_vs_gmacs_figure(summary.iloc[:0]),
+                report.curves_figure(report.load_curves(tmp_path))):
+        assert isinstance(fig, Figure)
+    path = report.save_figure(report.top1_vs_gmacs_figure(summary, image_size=64), tmp_path / "a.svg")
+    first = path.read_bytes()
+    report.save_figure(report.top1_vs_gmacs_figure(summary, image_size=64), path)
+    assert path.read_bytes() == first  # reproducible SVG: re-running does not churn git
+
+
+# --------------------------------------------------------------------- experiment folder
+
+
+def test_load_report_data_collects_in_memory(experiment_dir: Path) -> None:
+    data = report.load_report_data(experiment_dir)
+    assert not (experiment_dir / "results.csv").exists()  # read-only unless write_collect
+    assert len(data.results) == 7 and data.image_size == 64 and data.regimes == ["r50"]
+    assert set(data.curves["rung"]) == {"resnet50", "stage_ratio", "move_up_dwconv", "kernel_5", "gelu",
+                                        "separate_downsampling", "separate_downsampling-without_gelu"}
+    variant = data.curves[data.curves["rung"] == "separate_downsampling-without_gelu"]
+    assert set(variant["step"]) == {"separate_downsampling"} and set(variant["variant"]) == {"without_gelu"}
+    report.load_report_data(experiment_dir, write_collect=True)
+    assert (experiment_dir / "results.csv").is_file() and (experiment_dir / "summary.csv").is_file()
+    assert len(report.load_report_data(experiment_dir).results) == 7  # now read from results.csv
+
+
+def test_write_report(experiment_dir: Path, tmp_path: Path) -> None:
+    written = report.write_report(experiment_dir, tmp_path / "out", ["png", "svg"])
+    names = sorted(p.name for p in written)
+    assert names == sorted([f"{f}.{x}" for f in report.FIGURES for x in ("png", "svg")] + ["ladder.md"])
+    assert all(p.stat().st_size > 1000 for p in written)
+    markdown = (tmp_path / "out" / "ladder.md").read_text()
+    assert "![ladder](ladder.png)" in markdown and "Runs: 7 completed." in markdown
+    assert "| 60.50 ± 0.71 (2) |" in markdown and "`without_gelu`" in markdown
+    assert (experiment_dir / "results.csv").is_file()  # collected on the way
+
+
+def test_write_report_without_runs(tmp_path: Path) -> None:
+    written = report.write_report(tmp_path / "nothing", formats=["png"])
+    assert (tmp_path / "nothing" / "report" / "ladder.png") in written
+    assert "none finished yet" in (tmp_path / "nothing" / "report" / "ladder.md").read_text()
+
+
+def test_cli(experiment_dir: Path) -> None:
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    cmd = [sys.executable, "-m", "roadmap.report", "experiment=smoke", f"output_root={experiment_dir.parent}",
+           "experiment_name=synthetic", "formats=[png,svg]"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = experiment_dir / "report"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{f}.{x}" for f in report.FIGURES for x in ("png", "svg")] + ["ladder.md"])
+    assert "9 files" in done.stdout
