@@ -19,7 +19,7 @@ MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagene
 SMOKE = ["experiment=smoke", f"data.root={MINI}"]
 
 
-def cli(module: str, args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+def cli(module: str, args: list[str], cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -113,3 +113,16 @@ def test_leave_one_out_reverts_each_delta_and_names_the_impossible_ones() -> Non
     for overrides in variants.values():  # every variant builds and runs
         model = roadmap.build_model("separate_downsampling", num_classes=10, width_mult=0.25, **overrides)
         assert model(__import__("torch").randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_local_parallel_runs_rungs_side_by_side(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["+roadmap=all", "roadmap.steps=[gelu,layer_norm]", *SMOKE, f"output_root={out}",
+            "launcher=local_parallel", "launcher.max_parallel=2"]
+    proc = cli("roadmap.sweep", args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "smoke" / "sweep.log").read_text().splitlines()
+    starts = [i for i, line in enumerate(log) if " start r50/" in line]
+    first_end = next(i for i, line in enumerate(log) if " end   r50/" in line)
+    assert len(starts) == 2 and max(starts) < first_end  # both started before either ended
+    assert {json.loads(p.read_text())["status"] for p in results(out).values()} == {"completed"}
