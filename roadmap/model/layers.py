@@ -121,7 +121,12 @@ class Block(nn.Module):
         y = self.norm3(self.conv3(y))
         if self.gamma is not None:
             y = y * self.gamma.view(1, -1, 1, 1)
-        return self.act_out(shortcut + self.drop_path(y))
+        # In place on the residual branch (no backward needs its value), as torchvision's and timm's
+        # blocks add: no new activation-sized tensor, and the sum keeps the branch's memory layout
+        # (channels_last after a ConvNeXt block's permuted norm), the same bits as shortcut + y.
+        y = self.drop_path(y)
+        y += shortcut
+        return self.act_out(y)
 
 
 class Downsample(nn.Sequential):

@@ -1,0 +1,160 @@
+"""Training input pipeline, images/s per worker: PIL decode + `roadmap.data.build_train_transform`
+with the paper recipe's augmentation, against timm's `create_transform` with the same settings.
+
+    python benchmarks/input_pipeline.py                 # 64 px (imagenette2-64) and 224 px
+    python benchmarks/input_pipeline.py --sizes 64 --rounds 20
+
+One process, one thread (torch.set_num_threads(1), as in a DataLoader worker), no DataLoader: for
+each image, open + decode + convert to RGB (torchvision's pil_loader, as roadmap's ImageFolder),
+then the transform. The two pipelines take turns on chunks of `--chunk` images; before each
+chunk python's, numpy's and torch's generators are seeded alike, so both draw the same crops,
+flips, RandAugment ops and erasing (the same work). Medians over `--rounds` chunks each.
+
+Images: 64 px from <data-root>/imagenette2-64/train (64 x 64 JPEGs, every n-th file over all
+classes); 224 px: the same images upscaled (bicubic) to `--source-size` px JPEGs (quality 90) in a
+temporary folder, so decoding costs what a 224 px photo costs.
+
+timm's RandAugment posterize raises ValueError on Pillow >= 13 when it asks for 0 bits
+(magnitudes >= 10, which m9-mstd0.5 reaches for ~0.2% of images; roadmap.data patches its own
+copy). An image whose transform raises is counted as skipped, in either pipeline, and left out of
+the images of the chunk (its time stays in).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from common import REPO, environment, print_table, verdict
+
+from roadmap.data import build_train_transform  # noqa: E402
+from torchvision.datasets.folder import pil_loader  # noqa: E402
+
+
+def default_data_root() -> Path:
+    env = os.environ.get("ROADMAP_DATA_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def timm_transform(size: int, aug: dict):
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=size, is_training=True, scale=tuple(aug["scale"]), ratio=tuple(aug["ratio"]),
+        hflip=float(aug["hflip"]), vflip=0.0, color_jitter=float(aug["color_jitter"]),
+        auto_augment=aug["randaugment"], interpolation=aug["interpolation"],
+        mean=tuple(aug["mean"]), std=tuple(aug["std"]), re_prob=float(aug["random_erasing"]),
+        re_mode=aug["random_erasing_mode"], re_count=int(aug["random_erasing_count"]),
+    )
+
+
+def pick_images(folder: Path, count: int) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise SystemExit(f"no images under {folder}; pass --data-root (the folder holding imagenette2-64/)")
+    step = max(1, len(files) // count)
+    return files[::step][:count]
+
+
+def upscale(files: list[Path], size: int, out: Path) -> list[Path]:
+    made = []
+    for i, f in enumerate(files):
+        img = pil_loader(str(f)).resize((size, size), Image.BICUBIC)
+        path = out / f"{i:05d}.jpg"
+        img.save(path, quality=90)
+        made.append(path)
+    return made
+
+
+class Pipeline:
+    def __init__(self, transform) -> None:  # noqa: ANN001
+        self.transform = transform
+        self.skipped = 0
+
+    def chunk(self, files: list[Path], seed: int) -> tuple[float, int]:
+        """Seconds and completed images for one chunk."""
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        done = 0
+        start = time.perf_counter()
+        for f in files:
+            try:
+                self.transform(pil_loader(str(f)))
+                done += 1
+            except ValueError:  # timm's posterize at 0 bits on Pillow >= 13
+                self.skipped += 1
+        return time.perf_counter() - start, done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="64,224", help="training image sizes (default 64,224)")
+    parser.add_argument("--data-root", type=Path, default=default_data_root(),
+                        help="folder holding imagenette2-64/ (default $ROADMAP_DATA_DIR or ../shared/data)")
+    parser.add_argument("--images", type=int, default=400, help="distinct source images (default 400)")
+    parser.add_argument("--source-size", type=int, default=224, help="side of the upscaled JPEGs for sizes > 64")
+    parser.add_argument("--chunk", type=int, default=100, help="images per timed chunk")
+    parser.add_argument("--rounds", type=int, default=40, help="chunks per pipeline and size")
+    parser.add_argument("--recipe", default="paper", help="conf/recipe/<name>.yaml for the augmentation (default paper)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    aug_cfg = OmegaConf.load(REPO / "conf" / "recipe" / f"{args.recipe}.yaml").augment
+    aug = OmegaConf.to_container(aug_cfg, resolve=True)
+    print("# training input pipeline: decode + transform, images/s per worker (1 process, 1 thread)")
+    for line in environment(torch.device("cpu"), args):
+        print(f"# {line}")
+    print(f"# augmentation (recipe {args.recipe}): RandomResizedCrop {aug['interpolation']} scale {aug['scale']}, "
+          f"hflip {aug['hflip']}, RandAugment {aug['randaugment']}, RandomErasing {aug['random_erasing']} "
+          f"({aug['random_erasing_mode']}), Normalize\n")
+    source = pick_images(args.data_root / "imagenette2-64" / "train", args.images)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="roadmap-pipeline-") as tmp:
+        for size in [int(s) for s in args.sizes.split(",") if s]:
+            files = source
+            if size > 64:
+                files = upscale(source, args.source_size, Path(tmp))
+                src = f"{args.source_size}x{args.source_size} JPEG (upscaled)"
+            else:
+                src = "64x64 JPEG (imagenette2-64)"
+            pipes = {"roadmap": Pipeline(build_train_transform(size, aug)), "timm": Pipeline(timm_transform(size, aug))}
+            times: dict[str, list[float]] = {name: [] for name in pipes}
+            for name, p in pipes.items():  # warm-up: imports, first-call costs
+                p.chunk(files[: args.chunk], seed=-1 % 2**32)
+                p.skipped = 0
+            for r in range(args.rounds):
+                chunk = [files[(r * args.chunk + i) % len(files)] for i in range(args.chunk)]
+                for name in (pipes if r % 2 == 0 else reversed(list(pipes))):
+                    seconds, done = pipes[name].chunk(chunk, seed=r)
+                    times[name].append(done / seconds)
+            ours, ref = statistics.median(times["roadmap"]), statistics.median(times["timm"])
+            paired = [a / b for a, b in zip(times["roadmap"], times["timm"])]  # the same chunk, same round
+            rows.append({
+                "size": size, "source": src, "roadmap img/s": ours, "timm img/s": ref, "ratio roadmap/timm": ours / ref,
+                "per-chunk ratios p10-p90": f"{np.percentile(paired, 10):.3f}-{np.percentile(paired, 90):.3f}",
+                "ms/img roadmap": 1e3 / ours, "ms/img timm": 1e3 / ref,
+                "skipped roadmap/timm": f"{pipes['roadmap'].skipped}/{pipes['timm'].skipped} of {args.rounds * args.chunk}",
+                "target >= 1.0": verdict(ours / ref, 1.0, np.percentile(paired, 10), np.percentile(paired, 90)),
+            })
+            print(f"#   {size} px done", file=sys.stderr, flush=True)
+    print_table(rows, ["size", "source", "roadmap img/s", "timm img/s", "ratio roadmap/timm", "per-chunk ratios p10-p90",
+                       "ms/img roadmap",
+                       "ms/img timm", "skipped roadmap/timm", "target >= 1.0"],
+                {"ratio roadmap/timm": 3, "roadmap img/s": 0, "timm img/s": 0})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The cost of roadmap.run's Lightning loop: images/s of `roadmap.module.Classifier` under a
+`lightning.Trainer` configured as `roadmap.run.train()` configures it, against a bare PyTorch loop
+doing the same work on the same model and the same in-memory batches.
+
+    python benchmarks/loop_overhead.py                      # the default experiment's model (ConvNeXt-T rung, width 0.25, 64 px, batch 64)
+    python benchmarks/loop_overhead.py --width-mult 1 --batch 32        # the full-width rung
+    python benchmarks/loop_overhead.py --device cuda --precision bf16 --channels-last   # as trainer=gpu
+
+Three loops, each trial of `--steps` timed steps after one untimed step, alternated trial by trial
+(medians over `--trials` trials each):
+
+- `bare`: for each batch: MixUp/CutMix, forward, loss, zero_grad, backward, AdamW step, LR
+  schedule step, EMA update (the same recipe objects the module builds).
+- `lightning (as roadmap.run)`: Classifier + Trainer with roadmap.run's arguments: CSV logger,
+  EpochMetrics and ModelCheckpoint callbacks, the default progress bar (written to /dev/null
+  here), log_every_n_steps 20, precision 32-true (bf16-mixed with --precision bf16).
+- `lightning (no logger/ckpt/bar)`: the same without logger, checkpointing and progress bar.
+
+A Lightning trial's time runs from the start of its second batch to the start of the batch after
+the last timed one (callback timestamps), so every per-step cost of the loop is inside it and the
+once-per-fit costs (setup, configure_optimizers, the end-of-epoch checkpoint) are not. The batches
+are `torch.randn` tensors in a list (what a DataLoader would hand over; no data loading is timed).
+The recipe's global batch is set to the batch size, so there is no gradient accumulation.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from common import REPO, add_device_args, autocast, interleave, print_header, print_table, quiet, setup_device, sync, verdict
+
+import lightning as L  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+
+import roadmap  # noqa: E402
+from roadmap.callbacks import EpochMetrics  # noqa: E402
+from roadmap.module import Classifier  # noqa: E402
+from roadmap.results import CHECKPOINT_FILE  # noqa: E402
+
+
+class Batches:
+    """The in-memory batches as one iterable (Lightning reads a plain list as a list of loaders)."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.batches = batches
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index):  # noqa: ANN001, ANN204
+        return self.batches[index]
+
+
+def load_recipe(name: str, batch: int) -> dict[str, Any]:
+    """conf/recipe/<name>.yaml with its `defaults` (proxy extends paper), global batch = `batch`."""
+    folder = REPO / "conf" / "recipe"
+    cfg = OmegaConf.load(folder / f"{name}.yaml")
+    bases = [b for b in OmegaConf.to_container(cfg.get("defaults", [])) if b != "_self_"]
+    merged = OmegaConf.merge(*[OmegaConf.load(folder / f"{b}.yaml") for b in bases], cfg)
+    merged.pop("defaults", None)
+    recipe = OmegaConf.to_container(merged, resolve=True)
+    recipe["global_batch"] = batch
+    return recipe
+
+
+class BatchTimes(L.Callback):
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        sync(trainer.strategy.root_device)
+        self.starts.append(time.perf_counter())
+
+
+class LightningLoop:
+    def __init__(self, model: torch.nn.Module, recipe: dict, args: argparse.Namespace, device: torch.device,
+                 batches: Batches, as_run: bool, workdir: Path) -> None:
+        self.module = Classifier(model, recipe, args.num_classes, args.batch, channels_last=args.channels_last)
+        self.batches, self.args, self.device, self.as_run, self.workdir = batches, args, device, as_run, workdir
+        self.trial = 0
+
+    def __call__(self) -> float:
+        """One fit over the batches; returns the seconds of the timed steps."""
+        args, out = self.args, self.workdir / f"trial{self.trial}"
+        self.trial += 1
+        timer = BatchTimes()
+        extra: dict[str, Any]
+        if self.as_run:  # roadmap.run.train()'s logger and callbacks
+            extra = dict(logger=[CSVLogger(save_dir=out, name="logs")], callbacks=[
+                timer, EpochMetrics(out),
+                ModelCheckpoint(dirpath=out, filename=CHECKPOINT_FILE.removesuffix(".ckpt"), save_top_k=1,
+                                enable_version_counter=False)])
+        else:
+            extra = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[timer])
+        with quiet():  # Lightning's banners and warnings, the progress bar
+            trainer = L.Trainer(
+                accelerator="gpu" if self.device.type == "cuda" else "cpu",
+                devices=[self.device.index or 0] if self.device.type == "cuda" else 1,
+                num_nodes=1, strategy="auto",
+                precision="bf16-mixed" if args.precision == "bf16" else "32-true",
+                max_epochs=1, accumulate_grad_batches=1, sync_batchnorm=False, gradient_clip_val=None,
+                limit_train_batches=len(self.batches), limit_val_batches=0, log_every_n_steps=20,
+                check_val_every_n_epoch=1, deterministic=False, num_sanity_val_steps=0,
+                enable_model_summary=False, default_root_dir=out, **extra,
+            )
+            trainer.fit(self.module, train_dataloaders=self.batches)
+        if len(timer.starts) != len(self.batches):
+            raise RuntimeError(f"Lightning ran {len(timer.starts)} batches, expected {len(self.batches)}")
+        return timer.starts[-1] - timer.starts[1]
+
+
+class BareLoop:
+    def __init__(self, model: torch.nn.Module, recipe: dict, args: argparse.Namespace, device: torch.device,
+                 batches: Batches) -> None:
+        # The module builds the recipe's pieces (lr, AdamW groups, MixUp, loss, EMA); use the same ones.
+        self.parts = Classifier(model, recipe, args.num_classes, args.batch, channels_last=args.channels_last)
+        self.model, self.ema = model, self.parts.ema
+        self.optimizer = roadmap.recipe.build_optimizer(model, recipe, self.parts.lr)
+        steps = len(batches) * (args.trials + 1)
+        self.schedule = roadmap.recipe.build_schedule(self.optimizer, recipe, self.parts.lr, steps, steps)
+        self.batches, self.args, self.device = batches, args, device
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if self.args.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.args.precision):
+            if self.parts.mixup is not None:
+                images, labels = self.parts.mixup(images, labels)
+            loss = self.parts.train_loss(self.model(images), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def __call__(self) -> float:
+        self.model.train()
+        self.step(*self.batches[0])
+        sync(self.device)
+        start = time.perf_counter()
+        for images, labels in self.batches[1:-1]:
+            self.step(images, labels)
+        sync(self.device)
+        return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rung", default="separate_downsampling", help="r50 rung (default: the ConvNeXt-T endpoint)")
+    parser.add_argument("--width-mult", type=float, default=0.25, help="model.width_mult (default 0.25, as imagenette_proxy)")
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--size", type=int, default=64, help="image size (default 64)")
+    parser.add_argument("--batch", type=int, default=64, help="per-device batch (default 64)")
+    parser.add_argument("--recipe", default="proxy", choices=("proxy", "paper"),
+                        help="conf/recipe: MixUp/CutMix, EMA, drop path, AdamW from it (default proxy, as imagenette_proxy)")
+    parser.add_argument("--steps", type=int, default=16, help="timed steps per trial")
+    parser.add_argument("--trials", type=int, default=5, help="trials per loop")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last model and batches (trainer=gpu's default)")
+    parser.add_argument("--no-as-run", action="store_true", help="skip the Lightning loop with logger/checkpoint/progress bar")
+    add_device_args(parser)
+    args = parser.parse_args(argv)
+    device = setup_device(args)
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    recipe = load_recipe(args.recipe, args.batch)
+    print_header("training-loop overhead: roadmap's Lightning loop vs a bare PyTorch loop, images/s", device, args)
+    torch.manual_seed(0)
+    model = roadmap.build_model(args.rung, num_classes=args.num_classes, width_mult=args.width_mult,
+                                drop_path=float(recipe["drop_path"]), layer_scale=float(recipe["layer_scale"]))
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    gmacs = roadmap.complexity(model, args.size)["gmacs"]
+    g = torch.Generator().manual_seed(0)
+    pin = device.type == "cuda"
+
+    def batches() -> Batches:
+        x = torch.randn(args.batch, 3, args.size, args.size, generator=g)
+        y = torch.randint(0, args.num_classes, (args.batch,), generator=g)
+        if pin:
+            x, y = x.pin_memory(), y.pin_memory()
+        return Batches([(x, y)] * (args.steps + 2))  # the same batch every step (MixUp mixes it in place, in every loop)
+
+    def fresh_model() -> torch.nn.Module:
+        m = copy.deepcopy(model).to(device)
+        if args.compile:
+            m.compile()
+        return m
+
+    loops: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="roadmap-loop-") as tmp:
+        loops["bare"] = BareLoop(fresh_model(), recipe, args, device, batches())
+        if not args.no_as_run:
+            loops["lightning (as roadmap.run)"] = LightningLoop(fresh_model(), recipe, args, device, batches(), True, Path(tmp))
+        loops["lightning (no logger/ckpt/bar)"] = LightningLoop(fresh_model(), recipe, args, device, batches(), False, Path(tmp))
+        seconds: dict[str, list[float]] = {name: [] for name in loops}
+
+        def run(name: str) -> None:
+            seconds[name].append(loops[name]())
+
+        start = time.perf_counter()
+        interleave({name: (lambda n=name: run(n)) for name in loops}, args.trials, device, warmup=1)
+        total = time.perf_counter() - start
+
+    bare = statistics.median(seconds["bare"][1:])
+    rows = []
+    for name, values in seconds.items():
+        timed = values[1:]  # the warm-up trial is left out
+        med = statistics.median(timed)
+        img_s = args.steps * args.batch / med
+        ratio = bare / med
+        rows.append({
+            "loop": name, "img/s": img_s, "ms/step": 1e3 * med / args.steps,
+            "overhead ms/step": 1e3 * (med - bare) / args.steps if name != "bare" else 0.0,
+            "ratio vs bare": ratio, "trials (img/s)": " ".join(f"{args.steps * args.batch / v:.0f}" for v in timed),
+            "target >= 0.95": verdict(ratio, 0.95) if name != "bare" else "",
+        })
+    print(f"## {args.rung} (width_mult {args.width_mult:g}, {gmacs:.3f} GMACs/img), {args.size} px, batch {args.batch}, "
+          f"{args.precision}, {'channels_last' if args.channels_last else 'contiguous'}, recipe {args.recipe} "
+          f"(mixup {recipe['augment']['mixup']}/cutmix {recipe['augment']['cutmix']}, EMA {recipe['ema_decay']}, "
+          f"drop path {recipe['drop_path']}); {args.trials} trials x {args.steps} steps each, medians\n")
+    print_table(rows, ["loop", "img/s", "ms/step", "overhead ms/step", "ratio vs bare", "trials (img/s)", "target >= 0.95"],
+                {"ratio vs bare": 3, "img/s": 1, "ms/step": 1, "overhead ms/step": 1})
+    print(f"# total {total:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

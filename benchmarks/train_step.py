@@ -1,0 +1,260 @@
+"""Train-step throughput (forward + backward + AdamW step, images/s) of every adopted r50 rung, and
+of the endpoint rungs beside their reference implementations, as ratios measured in one process.
+
+    python benchmarks/train_step.py                      # 64 px / batch 64, every rung, both memory formats
+    python benchmarks/train_step.py --quick              # endpoints only (ours vs references), 64 px
+    python benchmarks/train_step.py --sizes 224 --rungs endpoints   # the endpoints at 224 px / batch 32
+    python benchmarks/train_step.py --sizes 64,224       # everything (long on a CPU: ~16 s a step at 224 px)
+    python benchmarks/train_step.py --device cuda --precision bf16 --compile   # on a GPU
+
+Comparison groups, each measured interleaved (one step of each model in turn, every round,
+after one untimed warm-up step each), in contiguous and channels_last layouts:
+
+- `resnet50`: rung `resnet50` beside torchvision `resnet50`.
+- `convnext_tiny`: rung `separate_downsampling` built with layer_scale=1e-6 (exactly ConvNeXt-T)
+  beside torchvision `convnext_tiny` and timm `convnext_tiny`.
+- every other rung on its own (its two layouts interleaved).
+
+A plain fp32 matmul (2048 x 2048; bf16 under --precision bf16) runs in every round too: the
+achieved GFLOP/s of a model (its conv + linear MACs at the image size x 2 FLOP x 3, since
+forward + backward is ~3x the forward FLOPs) is compared with it. Norms, activations and the
+optimizer are not counted, so the figure is a lower bound of the work done.
+
+All models are built with drop path 0 (torchvision's ResNet-50 has none; --drop-path sets it on
+the ConvNeXt rungs and references alike), 1000 classes, AdamW with the recipe's parameter groups.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common import (
+    Matmul, add_device_args, autocast, csv_list, interleave, print_header, print_table, setup_device, verdict,
+)
+
+import roadmap  # noqa: E402  (common puts the checkout on sys.path)
+from roadmap.recipe import param_groups  # noqa: E402
+
+FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+DEFAULT_BATCH = {224: 32, 64: 64}
+ENDPOINTS = ("resnet50", "separate_downsampling")
+
+
+@dataclass
+class Entry:
+    group: str  # the rung (or comparison group) it belongs to
+    label: str  # e.g. "roadmap resnet50", "torchvision resnet50"
+    impl: str  # roadmap / torchvision / timm
+    build: Callable[[], nn.Module]
+    step: str | None = None  # the rung, for roadmap models
+
+
+def roadmap_entry(step: str, drop_path: float, arch: dict, **overrides: float) -> Entry:
+    suffix = "".join(f" ({k}={v:g})" for k, v in overrides.items())
+    return Entry(
+        step, f"roadmap {step}{suffix}", "roadmap",
+        lambda: roadmap.build_model(step, drop_path=drop_path if step != "resnet50" else 0.0, **arch, **overrides),
+        step,
+    )
+
+
+def groups_for(rungs: list[str], drop_path: float, references: bool, arch: dict) -> list[tuple[str, list[Entry]]]:
+    import timm
+    import torchvision
+
+    groups: list[tuple[str, list[Entry]]] = []
+    for step in rungs:
+        entries = [roadmap_entry(step, drop_path, arch)]
+        if step == "resnet50" and references:
+            entries.append(Entry(step, "torchvision resnet50", "torchvision", lambda: torchvision.models.resnet50()))
+        groups.append((step, entries))
+    if "separate_downsampling" in rungs and references:
+        groups.append((
+            "convnext_tiny",
+            [
+                roadmap_entry("separate_downsampling", drop_path, arch, layer_scale=1e-6),
+                Entry("convnext_tiny", "torchvision convnext_tiny", "torchvision",
+                      lambda: torchvision.models.convnext_tiny(stochastic_depth_prob=drop_path)),
+                Entry("convnext_tiny", "timm convnext_tiny", "timm",
+                      lambda: timm.create_model("convnext_tiny", drop_path_rate=drop_path)),
+            ],
+        ))
+    return groups
+
+
+class TrainStep:
+    """One model in one memory layout: forward (+ loss) under autocast, backward, AdamW step."""
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, layout: str,
+                 device: torch.device, precision: str, compile_model: bool) -> None:
+        model = model.to(device).train()
+        self.memory_format = FORMATS[layout]
+        model = model.to(memory_format=self.memory_format)
+        self.optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
+        self.model = torch.compile(model) if compile_model else model
+        self.images = images.contiguous(memory_format=self.memory_format)
+        self.labels = labels
+        self.device, self.precision = device, precision
+
+    def __call__(self) -> None:
+        with autocast(self.device, self.precision):
+            loss = F.cross_entropy(self.model(self.images), self.labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="64", help="image sizes, comma-separated (default 64; 224 is slow on CPU)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: 32 at 224 px, 64 at 64 px)")
+    parser.add_argument("--rungs", default="all",
+                        help="'all' adopted r50 rungs, 'endpoints' (resnet50, separate_downsampling), or a list")
+    parser.add_argument("--formats", default="contiguous,channels_last", help="memory layouts to measure")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per model for a rung without reference")
+    parser.add_argument("--ref-steps", type=int, default=4, help="timed steps per model in a comparison group")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
+    parser.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth of every rung but resnet50 (0 there, as torchvision's) and of the ConvNeXt references")
+    parser.add_argument("--no-references", action="store_true", help="our rungs only")
+    parser.add_argument("--width-mult", type=float, default=1.0,
+                        help="model.width_mult of our rungs (e.g. 0.25, the CPU proxy ladder's); != 1 implies --no-references")
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="64 px, the endpoints and their references only")
+    add_device_args(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.rungs = "64", "endpoints"
+    if args.width_mult != 1.0 or args.num_classes != 1000:
+        args.no_references = True  # the references come in one width and 1000 classes only
+    device = setup_device(args)
+
+    all_rungs = roadmap.list_steps("r50")
+    if args.rungs == "all":
+        rungs = all_rungs
+    elif args.rungs == "endpoints":
+        rungs = list(ENDPOINTS)
+    else:
+        rungs = csv_list(args.rungs)
+        unknown = sorted(set(rungs) - set(roadmap.list_steps("r50", adopted_only=False)))
+        if unknown:
+            parser.error(f"--rungs: unknown {unknown}; valid: {all_rungs}")
+    layouts = csv_list(args.formats)
+    for layout in layouts:
+        if layout not in FORMATS:
+            parser.error(f"--formats: {layout!r} is not one of {list(FORMATS)}")
+    sizes = [int(s) for s in csv_list(args.sizes)]
+
+    print_header("train-step throughput: forward + backward + AdamW, images/s", device, args)
+    matmul = Matmul(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    gmacs: dict[tuple[str, int], float] = {}  # conv + linear MACs of one image (any module: meta tensors)
+    start = time.perf_counter()
+
+    for size in sizes:
+        batch = args.batch or DEFAULT_BATCH.get(size, 64)
+        g = torch.Generator().manual_seed(0)
+        images = torch.randn(batch, 3, size, size, generator=g).to(device)
+        labels = torch.randint(0, args.num_classes, (batch,), generator=g).to(device)
+        results: dict[tuple[str, str], dict] = {}  # (label, layout) -> row
+        matmul_times: list[float] = []
+        arch = {"num_classes": args.num_classes, "width_mult": args.width_mult}
+        for group, entries in groups_for(rungs, args.drop_path, not args.no_references, arch):
+            steps = args.ref_steps if len(entries) > 1 else args.steps
+            fns: dict[str, Callable[[], None]] = {}
+            for entry in entries:
+                for layout in layouts:
+                    torch.manual_seed(0)
+                    model = entry.build()
+                    gmacs[(entry.label, size)] = roadmap.complexity(model, size)["gmacs"]
+                    fns[f"{entry.label}|{layout}"] = TrainStep(
+                        model, images, labels, layout, device, args.precision, args.compile
+                    )
+            fns["matmul"] = matmul
+            t0 = time.perf_counter()
+            timings = interleave(fns, steps, device, warmup=args.warmup)
+            matmul_times += timings.pop("matmul").wall
+            for entry in entries:
+                macs = gmacs[(entry.label, size)]
+                for layout in layouts:
+                    t = timings[f"{entry.label}|{layout}"]
+                    results[(entry.label, layout)] = {
+                        "group": group, "entry": entry, "layout": layout, "wall": t.median_wall,
+                        "cpu": t.median_cpu, "spread": t.spread(), "gmacs": macs, "walls": t.wall,
+                        "img_s": batch / t.median_wall,
+                        "gflop_s": macs * 2 * 3 * batch / t.median_wall,
+                    }
+            print(f"#   {size} px {group}: {len(fns) - 1} models x {steps} steps in {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr, flush=True)
+            del fns, timings
+            gc.collect()
+
+        matmul_gflops = matmul.flop / statistics.median(matmul_times) / 1e9
+        print(f"## {size} px, batch {batch}, {args.precision}; plain {matmul.n}x{matmul.n} "
+              f"{str(matmul.dtype).removeprefix('torch.')} matmul: {matmul_gflops:.1f} GFLOP/s "
+              f"(median of {len(matmul_times)}, interleaved with the steps)\n")
+        _print_ladder(rungs, layouts, results, matmul_gflops)
+        if not args.no_references:
+            _print_comparisons(layouts, results)
+    print(f"# total {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _print_ladder(rungs: list[str], layouts: list[str], results: dict, matmul_gflops: float) -> None:
+    rows = []
+    for i, step in enumerate(rungs):
+        label = f"roadmap {step}"
+        row = {"#": i, "rung": step}
+        for layout in layouts:
+            r = results[(label, layout)]
+            row["GMACs"] = r["gmacs"]
+            row[f"img/s {layout}"] = r["img_s"]
+            row[f"GFLOP/s {layout}"] = r["gflop_s"]
+        best = max(results[(label, layout)]["gflop_s"] for layout in layouts)
+        row["best % of matmul"] = 100 * best / matmul_gflops
+        if len(layouts) == 2:
+            row["channels_last / contiguous"] = row[f"img/s {layouts[1]}"] / row[f"img/s {layouts[0]}"]
+        rows.append(row)
+    columns = ["#", "rung", "GMACs"] + [f"img/s {lay}" for lay in layouts] + [f"GFLOP/s {lay}" for lay in layouts]
+    columns += ["best % of matmul"] + (["channels_last / contiguous"] if len(layouts) == 2 else [])
+    print("### every rung (GFLOP/s = GMACs x 2 x 3 x batch / step time: conv + linear only, fwd+bwd ~ 3x fwd)\n")
+    print_table(rows, columns, {"GMACs": 3, "best % of matmul": 0})
+
+
+def _print_comparisons(layouts: list[str], results: dict) -> None:
+    rows = []
+    pairs = [("roadmap resnet50", ["torchvision resnet50"]),
+             ("roadmap separate_downsampling (layer_scale=1e-06)", ["torchvision convnext_tiny", "timm convnext_tiny"])]
+    for ours, refs in pairs:
+        for layout in layouts:
+            if (ours, layout) not in results:
+                continue
+            o = results[(ours, layout)]
+            for ref in refs:
+                r = results[(ref, layout)]
+                ratio = r["wall"] / o["wall"]
+                paired = [b / a for a, b in zip(o["walls"], r["walls"])]  # the same round's two steps
+                rows.append({
+                    "ours": ours, "reference": ref, "layout": layout, "ours img/s": o["img_s"],
+                    "reference img/s": r["img_s"], "ratio ours/ref": ratio,
+                    "per-round ratios min-max": f"{min(paired):.3f}-{max(paired):.3f}",
+                    "CPU-time ratio": r["cpu"] / o["cpu"],
+                    "target >= 1.0": verdict(ratio, 1.0, low=min(paired), high=max(paired)),
+                })
+    if rows:
+        print("### endpoint rungs vs reference implementations (ratio of median step times, interleaved; "
+              "CPU-time ratio: the same from process CPU seconds, less sensitive to other jobs)\n")
+        print_table(rows, ["ours", "reference", "layout", "ours img/s", "reference img/s", "ratio ours/ref",
+                           "per-round ratios min-max", "CPU-time ratio", "target >= 1.0"],
+                    {"ratio ours/ref": 3, "CPU-time ratio": 3})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
