@@ -29,7 +29,9 @@ RESULT_FIELDS = [
 ]
 
 # Keys that do not change what a run computes: moving data or outputs, logging, rerun flags.
-UNHASHED_KEYS = ["output_root", "output_dir", "force", "logger", "data.root", "data.num_workers", "trainer.compile"]
+UNHASHED_KEYS = ["output_root", "output_dir", "force", "logger", "data.root", "data.num_workers", "trainer.compile",
+    "trainer.channels_last",
+]
 
 
 def _drop_nulls(node: Any) -> Any:
@@ -53,6 +55,19 @@ def config_hash(cfg: DictConfig) -> str:
             node.pop(leaf, None)
     canonical = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def recorded_config_hash(out_dir: Path) -> str | None:
+    """The config hash of the run recorded in out_dir, recomputed from its config.yaml under the
+    current rules (so a key later declared unhashed, such as trainer.channels_last, does not turn
+    recorded runs into conflicts); the stored hash where there is no config.yaml; None if empty."""
+    config_path = out_dir / CONFIG_FILE
+    if config_path.is_file():
+        recorded = OmegaConf.load(config_path)
+        stored = recorded.pop("config_hash", None)
+        return config_hash(recorded) if len(recorded) else stored
+    result = read_result(out_dir)
+    return None if result is None else result.get("config_hash")
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -24,8 +24,8 @@ from roadmap.data import DataError
 from roadmap.ladder import LadderError, compose_arch, conf_dir
 from roadmap.model.config import ArchConfig
 from roadmap.results import (
-    CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, acquire_lock, config_hash, git_commit, read_result, release_lock,
-    write_atomic, write_result,
+    CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, acquire_lock, config_hash, git_commit, read_result,
+    recorded_config_hash, release_lock, write_atomic, write_result,
 )
 
 log = logging.getLogger("roadmap.run")
@@ -55,8 +55,6 @@ def _resolve_auto_trainer(trainer: DictConfig) -> None:
         trainer.accelerator = "gpu" if cuda else "cpu"
     if trainer.precision == "auto":
         trainer.precision = "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
-    if trainer.channels_last == "auto":
-        trainer.channels_last = trainer.accelerator == "gpu"
     if trainer.devices == "auto":
         trainer.devices = torch.cuda.device_count() if trainer.accelerator == "gpu" else 1
 
@@ -98,10 +96,7 @@ def check_directory(plan: RunPlan) -> str:
     """"skip" (completed, same config), "resume", "fresh"; raises on a different config."""
     out = plan.out_dir
     previous = read_result(out)
-    recorded = None
-    if (out / CONFIG_FILE).is_file():
-        recorded = OmegaConf.load(out / CONFIG_FILE).get("config_hash")
-    recorded = (previous or {}).get("config_hash") or recorded
+    recorded = recorded_config_hash(out)
     if recorded is not None and recorded != plan.config_hash:
         raise RunConfigError(
             f"{out} holds a run with a different config (config_hash {recorded}, this one "

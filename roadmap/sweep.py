@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from roadmap.ladder import LadderError, compose_arch, conf_dir, list_steps, load_delta, load_regime, step_chain
 from roadmap.model.config import ArchConfig
-from roadmap.results import CHECKPOINT_FILE, lock_holder, read_result
+from roadmap.results import CHECKPOINT_FILE, lock_holder, read_result, recorded_config_hash
 
 log = logging.getLogger("roadmap.sweep")
 
@@ -131,9 +131,10 @@ def status_of(rung: Rung) -> str:
     """done | failed | running | interrupted (has last.ckpt) | pending | conflict (other config)."""
     try:
         result = read_result(rung.out_dir)
+        recorded = recorded_config_hash(rung.out_dir)
     except ValueError:
         return "failed"
-    if result is not None and result.get("config_hash") != rung.config_hash:
+    if recorded is not None and recorded != rung.config_hash:
         return "conflict"
     if lock_holder(rung.out_dir) is not None:
         return "running"
