@@ -77,6 +77,25 @@ def test_different_config_in_the_same_directory_is_an_error(smoke_run, tmp_path:
     assert path.read_bytes() == before
 
 
+def test_memory_layout_is_not_a_different_config(smoke_run, tmp_path: Path) -> None:
+    """trainer.channels_last changes no result, so it is out of the hash; a run recorded while it
+    was still hashed (stored hash computed under older rules) is recognised from its config.yaml."""
+    src, _ = smoke_run
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    run_dir = out / "smoke" / "r50" / "patchify_stem" / "seed0"
+    config = (run_dir / "config.yaml").read_text()
+    assert "channels_last: true" in config
+    old_rules = "0123456789abcdef"
+    config = config.replace("channels_last: true", "channels_last: false")
+    (run_dir / "config.yaml").write_text(config.rsplit("config_hash:", 1)[0] + f"config_hash: {old_rules}\n")
+    result = json.loads((run_dir / "result.json").read_text())
+    (run_dir / "result.json").write_text(json.dumps({**result, "config_hash": old_rules}))
+    proc = run_cli(["step=patchify_stem", *SMOKE, "trainer.channels_last=false"], out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "skipping" in proc.stdout + proc.stderr
+
+
 def test_corrupt_checkpoint_is_an_error_not_a_restart(smoke_run, tmp_path: Path) -> None:
     src, _ = smoke_run
     out = tmp_path / "out"
