@@ -24,6 +24,20 @@ log = logging.getLogger("roadmap.slurm")
 JOB_FILE = "slurm_job.json"
 
 
+
+def queued_job(out_dir: Path) -> str | None:
+    """The id of the rung's SLURM job while it waits in the queue (squeue: PENDING, CONFIGURING,
+    REQUEUED), else None (no job file, no squeue, or the job is running or gone)."""
+    path = out_dir / JOB_FILE
+    if not path.is_file():
+        return None
+    job_id = str(json.loads(path.read_text())["job_id"])
+    try:
+        squeue = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return job_id if squeue.stdout.strip().startswith(("PENDING", "CONFIGURING", "REQUEUE")) else None
+
 class RungJob(submitit.helpers.Checkpointable):
     """The callable submitit pickles: run one rung; requeued as is on preemption/timeout."""
 

@@ -128,7 +128,8 @@ def plan_rungs(rungs: list[Rung], passed_on: list[str]) -> None:
 
 
 def status_of(rung: Rung) -> str:
-    """done | failed | running | interrupted (has last.ckpt) | pending | conflict (other config)."""
+    """done | failed | running | queued (its SLURM job waits) | interrupted (has last.ckpt) | pending |
+    conflict (other config)."""
     try:
         result = read_result(rung.out_dir)
         recorded = recorded_config_hash(rung.out_dir)
@@ -140,6 +141,10 @@ def status_of(rung: Rung) -> str:
         return "running"
     if result is not None:
         return "done" if result.get("status") == "completed" else "failed"
+    from roadmap.slurm import queued_job
+
+    if queued_job(rung.out_dir) is not None:
+        return "queued"
     return "interrupted" if (rung.out_dir / CHECKPOINT_FILE).is_file() else "pending"
 
 
@@ -159,7 +164,7 @@ def run_command(rung: Rung, passed_on: list[str]) -> list[str]:
 
 def launch_local(rungs: list[Rung], passed_on: list[str], launcher: DictConfig, trainer_devices: int) -> dict[str, int]:
     """Run rungs as child processes, `max_parallel` at a time (1 for launcher=local); each child's
-    output goes to <out_dir>/sweep.log. Returns {label: exit code}."""
+    output goes to <out_dir>/stdout.log. Returns {label: exit code}."""
     parallel = int(launcher.get("max_parallel", 1))
     per_run = int(launcher.get("devices_per_run", trainer_devices) or 1)
     threads = max(1, (os.cpu_count() or 1) // parallel)

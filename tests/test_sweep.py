@@ -126,3 +126,20 @@ def test_local_parallel_runs_rungs_side_by_side(tmp_path: Path) -> None:
     first_end = next(i for i, line in enumerate(log) if " end   r50/" in line)
     assert len(starts) == 2 and max(starts) < first_end  # both started before either ended
     assert {json.loads(p.read_text())["status"] for p in results(out).values()} == {"completed"}
+
+
+@pytest.mark.parametrize(("squeue_says", "expected"), [("PENDING", "queued"), ("RUNNING", "pending"), ("", "pending")])
+def test_status_shows_slurm_jobs_waiting_in_the_queue(tmp_path: Path, monkeypatch, squeue_says, expected) -> None:
+    """A submitted job that has not started yet (no lock, no result) is `queued`, asked of squeue."""
+    from roadmap.slurm import JOB_FILE
+    from roadmap.sweep import Rung, status_of
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\n[ \"$3\" = 4242 ] && echo '{squeue_says}'\n")
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    rung = Rung(step="gelu", seed=0, regime="r50", out_dir=tmp_path / "run")
+    rung.out_dir.mkdir()
+    (rung.out_dir / JOB_FILE).write_text(json.dumps({"job_id": "4242", "submitted": 0}))
+    assert status_of(rung) == expected
