@@ -192,6 +192,24 @@ def gain_agreement(table: pd.DataFrame) -> tuple[int, int]:
     return int((np.sign(rows["gain"]) == np.sign(rows["paper_gain"])).sum()), len(rows)
 
 
+
+def seed_spread(table: pd.DataFrame) -> tuple[float, float, int]:
+    """Std of top-1 over seeds on adopted rungs with n >= 2: (median, max, number of rungs)."""
+    stds = table.loc[(table["adopted"] == "yes") & (table["n"] >= 2), "top1_std"].dropna()
+    return (float(stds.median()), float(stds.max()), len(stds)) if len(stds) else (math.nan, math.nan, 0)
+
+
+def beyond_noise(table: pd.DataFrame, z: float = 2.0) -> pd.DataFrame:
+    """Steps (adopted or branch) whose change over the parent rung exceeds z standard errors of a
+    difference of two means, sqrt(s²/n + s_parent²/n_parent); both need n >= 2. Adds `gain_se`."""
+    by_step = table.set_index("step")
+    rows = table[table["adopted"].isin(["yes", "no"]) & (table["n"] >= 2) & table["parent"].isin(by_step.index)].copy()
+    parent = by_step.loc[rows["parent"]]
+    rows["gain_se"] = np.sqrt(rows["top1_std"].to_numpy() ** 2 / rows["n"].to_numpy()
+                              + parent["top1_std"].to_numpy() ** 2 / parent["n"].to_numpy())
+    rows = rows[(parent["n"].to_numpy() >= 2) & rows["gain_se"].notna()]
+    return rows[rows["gain"].abs() > z * rows["gain_se"]]
+
 # -------------------------------------------------------------------------------------- markdown
 
 
@@ -236,10 +254,25 @@ def markdown_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, image_si
         f"Spearman rank correlation of our mean top-1 with the paper's over {k} adopted rungs: "
         + (f"ρ = {rho:.3f}." if not math.isnan(rho) else "n/a (needs 3 rungs with results)."),
         f"Steps whose top-1 change has the paper's sign: {agree} of {steps}.",
+        *_noise_lines(table),
         "Δ: change over the parent rung (a not-adopted branch's parent is the rung it branches off).",
     ]
     return "\n".join(lines)
 
+
+
+def _noise_lines(table: pd.DataFrame) -> list[str]:
+    median, largest, k = seed_spread(table)
+    if k == 0:
+        return ["Seed spread: n/a (needs 2 seeds of a rung)."]
+    clear = beyond_noise(table)
+    agree = int((np.sign(clear["gain"]) == np.sign(clear["paper_gain"])).sum())
+    named = ", ".join(f"`{s}` {g:+.2f}" for s, g in zip(clear["step"], clear["gain"])) or "none"
+    return [
+        f"Seed spread (std of top-1 over seeds, {k} rungs with n ≥ 2): median {median:.2f}, max {largest:.2f} points.",
+        f"Steps whose change exceeds 2 standard errors of the seed noise: {len(clear)} ({named}); "
+        f"{agree} of them with the paper's sign.",
+    ]
 
 def variants_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME) -> str:
     """Named variants (e.g. leave-one-out) against their plain rung; empty string when none."""
