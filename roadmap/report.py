@@ -193,22 +193,28 @@ def gain_agreement(table: pd.DataFrame) -> tuple[int, int]:
 
 
 
-def seed_spread(table: pd.DataFrame) -> tuple[float, float, int]:
-    """Std of top-1 over seeds on adopted rungs with n >= 2: (median, max, number of rungs)."""
-    stds = table.loc[(table["adopted"] == "yes") & (table["n"] >= 2), "top1_std"].dropna()
-    return (float(stds.median()), float(stds.max()), len(stds)) if len(stds) else (math.nan, math.nan, 0)
+def seed_spread(table: pd.DataFrame) -> tuple[float, float, float, int]:
+    """Std of top-1 over seeds on adopted rungs with n >= 2: (median, max, pooled, number of rungs).
+    The pooled std, sqrt(sum (n-1) s² / sum (n-1)), assumes every rung is as noisy as the others:
+    with 2 or 3 seeds a single rung's std is itself too uncertain to judge a step by."""
+    rows = table[(table["adopted"] == "yes") & (table["n"] >= 2)].dropna(subset=["top1_std"])
+    if rows.empty:
+        return math.nan, math.nan, math.nan, 0
+    pooled = math.sqrt(((rows["n"] - 1) * rows["top1_std"] ** 2).sum() / (rows["n"] - 1).sum())
+    return float(rows["top1_std"].median()), float(rows["top1_std"].max()), pooled, len(rows)
 
 
 def beyond_noise(table: pd.DataFrame, z: float = 2.0) -> pd.DataFrame:
     """Steps (adopted or branch) whose change over the parent rung exceeds z standard errors of a
-    difference of two means, sqrt(s²/n + s_parent²/n_parent); both need n >= 2. Adds `gain_se`."""
+    difference of two means with the pooled seed std, s_pooled * sqrt(1/n + 1/n_parent); both
+    rungs need a result. Adds `gain_se`; empty while no rung has 2 seeds."""
+    pooled = seed_spread(table)[2]
     by_step = table.set_index("step")
-    rows = table[table["adopted"].isin(["yes", "no"]) & (table["n"] >= 2) & table["parent"].isin(by_step.index)].copy()
-    parent = by_step.loc[rows["parent"]]
-    rows["gain_se"] = np.sqrt(rows["top1_std"].to_numpy() ** 2 / rows["n"].to_numpy()
-                              + parent["top1_std"].to_numpy() ** 2 / parent["n"].to_numpy())
-    rows = rows[(parent["n"].to_numpy() >= 2) & rows["gain_se"].notna()]
-    return rows[rows["gain"].abs() > z * rows["gain_se"]]
+    rows = table[table["adopted"].isin(["yes", "no"]) & table["parent"].isin(by_step.index)].dropna(subset=["gain"])
+    parent_n = by_step.loc[rows["parent"], "n"].to_numpy(dtype=float)
+    rows = rows.assign(gain_se=pooled * np.sqrt(1 / rows["n"].to_numpy(dtype=float) + 1 / parent_n))
+    return rows[rows["gain_se"].notna() & (rows["gain"].abs() > z * rows["gain_se"])]
+
 
 # -------------------------------------------------------------------------------------- markdown
 
@@ -262,15 +268,16 @@ def markdown_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, image_si
 
 
 def _noise_lines(table: pd.DataFrame) -> list[str]:
-    median, largest, k = seed_spread(table)
+    median, largest, pooled, k = seed_spread(table)
     if k == 0:
         return ["Seed spread: n/a (needs 2 seeds of a rung)."]
     clear = beyond_noise(table)
     agree = int((np.sign(clear["gain"]) == np.sign(clear["paper_gain"])).sum())
     named = ", ".join(f"`{s}` {g:+.2f}" for s, g in zip(clear["step"], clear["gain"])) or "none"
     return [
-        f"Seed spread (std of top-1 over seeds, {k} rungs with n ≥ 2): median {median:.2f}, max {largest:.2f} points.",
-        f"Steps whose change exceeds 2 standard errors of the seed noise: {len(clear)} ({named}); "
+        f"Seed spread (std of top-1 over seeds, {k} rungs with n ≥ 2): median {median:.2f}, max {largest:.2f}, "
+        f"pooled {pooled:.2f} points.",
+        f"Steps whose change exceeds 2 standard errors of the seed noise (pooled std): {len(clear)} ({named}); "
         f"{agree} of them with the paper's sign.",
     ]
 
