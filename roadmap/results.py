@@ -34,6 +34,23 @@ UNHASHED_KEYS = ["output_root", "output_dir", "force", "logger", "data.root", "d
 ]
 
 
+# Keys added after runs were recorded, with the value every earlier run had: a key holding that
+# value hashes as absent, so the recorded runs keep their hashes.
+LEGACY_VALUES = {
+    "model.init": "trunc_normal", "arch.init": "trunc_normal", "recipe.init": "trunc_normal",
+    "model.head_init_scale": 1.0, "arch.head_init_scale": 1.0,
+}
+
+
+def _pop_dotted(container: dict[str, Any], dotted: str, only_if: Any = ...) -> None:
+    *parents, leaf = dotted.split(".")
+    node: Any = container
+    for key in parents:
+        node = node.get(key, {}) if isinstance(node, dict) else {}
+    if isinstance(node, dict) and leaf in node and (only_if is ... or node[leaf] == only_if):
+        del node[leaf]
+
+
 def _drop_nulls(node: Any) -> Any:
     if isinstance(node, dict):
         return {k: _drop_nulls(v) for k, v in node.items() if v is not None}
@@ -47,12 +64,9 @@ def config_hash(cfg: DictConfig) -> str:
     optional key (default null) to the configs later leaves recorded runs' hashes unchanged."""
     container = _drop_nulls(OmegaConf.to_container(cfg, resolve=True))
     for dotted in UNHASHED_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = container
-        for key in parents:
-            node = node.get(key, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        _pop_dotted(container, dotted)
+    for dotted, value in LEGACY_VALUES.items():
+        _pop_dotted(container, dotted, only_if=value)
     canonical = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

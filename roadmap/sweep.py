@@ -44,7 +44,7 @@ class Rung:
     seed: int
     regime: str
     variant: str | None = None
-    model_overrides: dict[str, Any] = field(default_factory=dict)
+    variant_overrides: dict[str, Any] = field(default_factory=dict)  # dotted run-config key -> value
     out_dir: Path = Path()
     config_hash: str = ""
 
@@ -57,7 +57,7 @@ class Rung:
         own = [f"regime={self.regime}", f"step={self.step}", f"seed={self.seed}"]
         if self.variant is not None:
             own.append(f"variant={self.variant}")
-        own += [f"model.{k}={_override_value(v)}" for k, v in self.model_overrides.items()]
+        own += [f"{k}={_override_value(v)}" for k, v in self.variant_overrides.items()]
         own_keys = {o.split("=", 1)[0] for o in own}
         return [o for o in passed_on if o.split("=", 1)[0].lstrip("+~") not in own_keys] + own
 
@@ -70,7 +70,7 @@ def _override_value(value: Any) -> str:
 
 def leave_one_out(endpoint: str, regime: str) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """The endpoint with each adopted delta taken back (its fields reset to their value before the
-    step): ({variant: model overrides}, {step: why it cannot be removed alone})."""
+    step): ({variant: {"model.<field>": value}}, {step: why it cannot be removed alone})."""
     chain = step_chain(endpoint, regime)
     full = compose_arch(endpoint, regime)
     variants, impossible = {}, {}
@@ -82,7 +82,7 @@ def leave_one_out(endpoint: str, regime: str) -> tuple[dict[str, dict[str, Any]]
         except ValueError as error:
             impossible[step] = str(error)
             continue
-        variants[f"without_{step}"] = reverted
+        variants[f"without_{step}"] = {f"model.{k}": v for k, v in reverted.items()}
     return variants, impossible
 
 
@@ -103,10 +103,17 @@ def expand(cfg: DictConfig) -> tuple[list[Rung], dict[str, str]]:
     variants, impossible = ({}, {})
     if preset.leave_one_out:
         variants, impossible = leave_one_out(preset.leave_one_out, regime)
+    factors = OmegaConf.to_container(preset.variants) if preset.get("variants") else {}
+    for name, overrides in factors.items():
+        if not isinstance(overrides, dict) or "-" in name or "/" in name:
+            raise SweepError(f"roadmap.variants.{name}={overrides!r}: a variant is a name without '-' or '/' "
+                             "mapping to {dotted.run.key: value}")
     rungs = []
     for seed in seeds:
-        rungs += [Rung(step, int(seed), regime) for step in steps]
+        if preset.get("plain", True):
+            rungs += [Rung(step, int(seed), regime) for step in steps]
         rungs += [Rung(preset.leave_one_out, int(seed), regime, name, ov) for name, ov in variants.items()]
+        rungs += [Rung(step, int(seed), regime, name, ov) for name, ov in factors.items() for step in steps]
     return rungs, impossible
 
 

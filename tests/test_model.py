@@ -169,3 +169,54 @@ def test_impossible_combinations_name_the_fields(fields: dict, named: list[str])
         assert name in str(error.value)
     with pytest.raises(LadderError):
         roadmap.build_model("resnet50", **fields)
+
+
+def _std(t: torch.Tensor) -> float:
+    return float(t.detach().float().std())
+
+
+def test_init_torch_default_is_the_authors_and_trunc_normal_the_released() -> None:
+    """The authors' ladder code leaves convs at PyTorch's default (kaiming-uniform a=sqrt(5):
+    std 1/sqrt(3 fan_in), bias likewise) and gives only the Linear head N(0, 0.02)."""
+    torch.manual_seed(0)
+    steps = ("resnet50", "depthwise_conv", "layer_norm")
+    default = {step: roadmap.build_model(step, init="torch_default") for step in steps}
+    torch.manual_seed(0)
+    released = {step: roadmap.build_model(step, init="trunc_normal") for step in steps}
+    # The figures pinned in the proxy-fidelity study: depthwise 3x3, patchify stem, 7x7 stem.
+    assert _std(default["resnet50"].stem.conv.weight) == pytest.approx(0.048, abs=0.002)
+    assert _std(default["layer_norm"].stem.conv.weight) == pytest.approx(0.083, abs=0.005)
+    dwconv = default["depthwise_conv"].stages[0].blocks[0].conv2
+    assert dwconv.groups == dwconv.in_channels and _std(dwconv.weight) == pytest.approx(0.19, abs=0.01)
+    dwconv7 = default["layer_norm"].stages[0].blocks[0].conv1  # 7x7, with a bias on the LN rungs
+    assert _std(dwconv7.weight) == pytest.approx(1 / 147**0.5, rel=0.05)
+    assert _std(dwconv7.bias) == pytest.approx(1 / 147**0.5, rel=0.3)
+    for model in default.values():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Conv2d) and module.weight.numel() >= 4096:
+                fan_in = module.weight[0].numel()
+                assert _std(module.weight) == pytest.approx((3 * fan_in) ** -0.5, rel=0.05), name
+        assert _std(model.head.fc.weight) == pytest.approx(0.02, rel=0.05) and not model.head.fc.bias.any()
+    for model in released.values():
+        for name, module in model.named_modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and module.weight.numel() >= 4096:
+                assert _std(module.weight) == pytest.approx(0.02, rel=0.05), name  # truncated at ±2: 100 std
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and module.bias is not None:
+                assert not module.bias.any(), name
+    norms = [m for m in default["layer_norm"].modules() if isinstance(m, LayerNorm2d)]
+    assert all(bool((n.weight == 1).all()) and not n.bias.any() for n in norms)
+
+
+def test_head_init_scale_multiplies_the_head() -> None:
+    torch.manual_seed(0)
+    plain = roadmap.build_model("gelu", num_classes=10)
+    torch.manual_seed(0)
+    scaled = roadmap.build_model("gelu", num_classes=10, head_init_scale=0.001)
+    assert torch.equal(scaled.head.fc.weight, plain.head.fc.weight * 0.001)
+    with pytest.raises(LadderError, match="head_init_scale"):
+        roadmap.build_model("gelu", head_init_scale=0)
+
+
+def test_init_is_validated() -> None:
+    with pytest.raises(LadderError, match=r"init='kaiming'.*torch_default"):
+        roadmap.build_model("gelu", init="kaiming")

@@ -105,13 +105,14 @@ def test_leave_one_out_reverts_each_delta_and_names_the_impossible_ones() -> Non
     variants, impossible = leave_one_out("separate_downsampling", "r50")
     assert set(impossible) == {"depthwise_conv", "inverted_bottleneck", "move_up_dwconv"}
     assert "depthwise" in impossible["depthwise_conv"] and "fewer_norms" in impossible["inverted_bottleneck"]
-    assert variants["without_gelu"] == {"activation": "relu"}
-    assert variants["without_stage_ratio"] == {"depths": [3, 4, 6, 3]}
-    assert variants["without_width_96"] == {"width": 64}
-    assert variants["without_layer_norm"] == {"norm": "batch"}
+    assert variants["without_gelu"] == {"model.activation": "relu"}
+    assert variants["without_stage_ratio"] == {"model.depths": [3, 4, 6, 3]}
+    assert variants["without_width_96"] == {"model.width": 64}
+    assert variants["without_layer_norm"] == {"model.norm": "batch"}
     assert len(variants) == 9
     for overrides in variants.values():  # every variant builds and runs
-        model = roadmap.build_model("separate_downsampling", num_classes=10, width_mult=0.25, **overrides)
+        fields = {k.removeprefix("model."): v for k, v in overrides.items()}
+        model = roadmap.build_model("separate_downsampling", num_classes=10, width_mult=0.25, **fields)
         assert model(__import__("torch").randn(2, 3, 32, 32)).shape == (2, 10)
 
 

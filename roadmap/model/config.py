@@ -12,6 +12,7 @@ BlockKind = Literal["bottleneck", "inverted"]
 DwconvPosition = Literal["middle", "top"]
 Activation = Literal["relu", "gelu"]
 Norm = Literal["batch", "layer"]
+Init = Literal["trunc_normal", "torch_default"]
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "stem": ("resnet", "patchify"),
@@ -19,6 +20,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dwconv_position": ("middle", "top"),
     "activation": ("relu", "gelu"),
     "norm": ("batch", "layer"),
+    "init": ("trunc_normal", "torch_default"),
 }
 
 
@@ -51,6 +53,12 @@ class ArchConfig:
     drop_path: float = 0.0  # maximum stochastic-depth rate, linear over all blocks
     num_classes: int = 1000
     expansion: int = 4
+    # Weight init. "trunc_normal": every conv and Linear N(0, 0.02) truncated, zero bias (the
+    # released ConvNeXt models). "torch_default": convs keep PyTorch's default init (kaiming-
+    # uniform a=sqrt(5), uniform bias), only the Linear head gets N(0, 0.02) and zero bias (the
+    # authors' code for the ladder's rungs). Norms start at weight 1, bias 0 either way.
+    init: Init = "trunc_normal"
+    head_init_scale: float = 1.0  # the head's initial weight and bias are multiplied by this
 
     def __post_init__(self) -> None:
         self.depths = [int(d) for d in self.depths]
@@ -83,6 +91,8 @@ class ArchConfig:
             raise ArchConfigError(f"drop_path={self.drop_path} must be in [0, 1)")
         if self.layer_scale < 0:
             raise ArchConfigError(f"layer_scale={self.layer_scale} must be >= 0 (0 disables it)")
+        if self.head_init_scale <= 0:
+            raise ArchConfigError(f"head_init_scale={self.head_init_scale} must be > 0")
         if self.num_classes < 1 or self.expansion < 1:
             raise ArchConfigError(f"num_classes={self.num_classes}, expansion={self.expansion} must be >= 1")
         if self.dwconv_position == "top" and not self.depthwise:

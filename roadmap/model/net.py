@@ -31,7 +31,7 @@ class RoadmapNet(nn.Module):
             stages.append(Stage(downsample, blocks))
         self.stages = nn.Sequential(*stages)
         self.head = Head(in_channels, cfg)
-        self.apply(_init_weights)
+        init_weights(self, cfg.init, cfg.head_init_scale)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
@@ -40,9 +40,14 @@ class RoadmapNet(nn.Module):
         return self.head(self.forward_features(x))
 
 
-def _init_weights(module: nn.Module) -> None:
-    # The official ConvNeXt init (truncated normal, std 0.02, zero bias), used on every rung.
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+def init_weights(model: RoadmapNet, init: str, head_init_scale: float = 1.0) -> None:
+    """Re-initialize convs and Linears (see `ArchConfig.init`); norms keep weight 1, bias 0."""
+    for module in model.modules():
+        is_head = module is model.head.fc
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and (init == "trunc_normal" or is_head):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    with torch.no_grad():
+        model.head.fc.weight.mul_(head_init_scale)
+        model.head.fc.bias.mul_(head_init_scale)
