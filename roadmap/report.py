@@ -42,6 +42,7 @@ class ReportData:
     results: pd.DataFrame  # one row per run (results.csv)
     summary: pd.DataFrame  # one row per rung and variant (collect.summarize)
     curves: pd.DataFrame  # one row per run and epoch (metrics.csv), CURVE_COLUMNS
+    control: ReportData | None = None  # a factor study's control experiment (its plain rungs)
 
     @property
     def name(self) -> str:
@@ -170,6 +171,21 @@ def spearman(table: pd.DataFrame) -> tuple[float, int]:
     return float(rows["top1_mean"].rank().corr(rows["paper_top1"].rank())), len(rows)
 
 
+def ordered_pairs(table: pd.DataFrame, min_gap: float = 0.5) -> tuple[int, int]:
+    """Of the pairs of adopted rungs (both with results) whose paper top-1 differs by at least
+    `min_gap` points (the pairs a proxy can hope to resolve), how many our means order the same
+    way: (agree, of)."""
+    rows = table[table["adopted"] == "yes"].dropna(subset=["top1_mean", "paper_top1"])
+    ours, paper = rows["top1_mean"].to_numpy(), rows["paper_top1"].to_numpy()
+    agree = total = 0
+    for i in range(len(rows)):
+        for j in range(i + 1, len(rows)):
+            if abs(paper[i] - paper[j]) >= min_gap:
+                total += 1
+                agree += bool(np.sign(ours[i] - ours[j]) == np.sign(paper[i] - paper[j]))
+    return agree, total
+
+
 def missing_rungs(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, adopted_only: bool = True) -> list[str]:
     """Rungs of the regime with no completed run yet, in ladder order."""
     done = set(summary.loc[(summary["regime"] == regime) & (summary["variant"].fillna("") == ""), "step"])
@@ -255,10 +271,12 @@ def markdown_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, image_si
         )
     rho, k = spearman(table)
     agree, steps = gain_agreement(table)
+    pairs_agree, pairs = ordered_pairs(table)
     lines += [
         "",
         f"Spearman rank correlation of our mean top-1 with the paper's over {k} adopted rungs: "
         + (f"ρ = {rho:.3f}." if not math.isnan(rho) else "n/a (needs 3 rungs with results)."),
+        f"Rung pairs whose paper top-1 differs by ≥ 0.5 points ordered as in the paper: {pairs_agree} of {pairs}.",
         f"Steps whose top-1 change has the paper's sign: {agree} of {steps}.",
         *_noise_lines(table),
         "Δ: change over the parent rung (a not-adopted branch's parent is the rung it branches off).",
@@ -298,6 +316,37 @@ def variants_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME) -> str:
     return "\n".join(lines)
 
 
+def study_table(summary: pd.DataFrame, control: pd.DataFrame, regime: str = DEFAULT_REGIME) -> str:
+    """A factor study: one row per variant (a factor changed from the control experiment), one
+    column per rung, top-1 mean (n) and its change from the control's plain rung; the control's
+    own row first. Empty string when the summary has no variants."""
+    ours = summary[summary["regime"] == regime].assign(variant=lambda t: t["variant"].fillna(""))
+    ours = ours[ours["variant"] != ""]
+    if ours.empty:
+        return ""
+    base = control[(control["regime"] == regime) & (control["variant"].fillna("") == "")].set_index("step")
+    steps = [s for s in list_steps(regime, adopted_only=False) if s in set(ours["step"])]
+    paper = paper_ladder(regime).set_index("step")["paper_top1"]
+    lines = ["| factor | " + " | ".join(f"`{s}`" for s in steps) + " |", "|---|" + "---|" * len(steps),
+             "| paper | " + " | ".join(_num(paper.get(s, np.nan)) for s in steps) + " |",
+             "| control | " + " | ".join(
+                 _mean_std(base.at[s, "top1_mean"], base.at[s, "top1_std"], base.at[s, "n"]) if s in base.index
+                 else "–" for s in steps) + " |"]
+    for variant, rows in ours.groupby("variant", sort=False):
+        by_step = rows.set_index("step")
+        cells = []
+        for s in steps:
+            if s not in by_step.index:
+                cells.append("–")
+                continue
+            mean = by_step.at[s, "top1_mean"]
+            delta = mean - base.at[s, "top1_mean"] if s in base.index else np.nan
+            cells.append(f"{_mean_std(mean, by_step.at[s, 'top1_std'], by_step.at[s, 'n'])} [{_num(delta, signed=True)}]")
+        lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
+    lines += ["", "Top-1 mean (± std over seeds) (n) [change from the control's rung]."]
+    return "\n".join(lines)
+
+
 def markdown_report(data: ReportData, figure_format: str | None = "png") -> str:
     """The whole ladder.md: run counts, then per regime the figures, the ladder table and variants."""
     status = data.results["status"].value_counts() if not data.results.empty else pd.Series(dtype=int)
@@ -318,6 +367,9 @@ def markdown_report(data: ReportData, figure_format: str | None = "png") -> str:
         variants = variants_table(data.summary, regime)
         if variants:
             parts += ["", "### Variants", "", variants]
+        if data.control is not None:
+            study = study_table(data.summary, data.control.summary, regime)
+            parts += ["", f"### Factor study (control: {data.control.name})", "", study or "no variants yet."]
     return "\n".join(parts) + "\n"
 
 
@@ -494,10 +546,14 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 
 def write_report(experiment_dir: str | Path, report_dir: str | Path | None = None,
-                 formats: tuple[str, ...] | list[str] = ("png", "svg"), write_collect: bool = True) -> list[Path]:
+                 formats: tuple[str, ...] | list[str] = ("png", "svg"), write_collect: bool = True,
+                 control_dir: str | Path | None = None) -> list[Path]:
     """Write ladder.md and every figure in every format to report_dir (default
-    <experiment_dir>/report); returns the files written."""
+    <experiment_dir>/report); returns the files written. With `control_dir` (a factor study's
+    control experiment), ladder.md also gets the factor table (`study_table`)."""
     data = load_report_data(experiment_dir, write_collect=write_collect)
+    if control_dir is not None:
+        data.control = load_report_data(control_dir)
     report_dir = Path(report_dir) if report_dir is not None else data.experiment_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -513,7 +569,11 @@ def main(cfg: DictConfig) -> None:
     experiment_dir = Path(cfg.output_root) / cfg.experiment_name
     if not any(experiment_dir.glob("*/*/seed*")) and not (experiment_dir / "results.csv").is_file():
         print(f"roadmap.report: warning: no runs under {experiment_dir}: the paper's numbers alone", file=sys.stderr)
-    written = write_report(experiment_dir, cfg.report_dir, list(cfg.formats))
+    control = Path(cfg.output_root) / cfg.control if cfg.control else None
+    if control is not None and not (control / "results.csv").is_file():
+        print(f"roadmap.report: error: control={cfg.control}: no results.csv in {control}", file=sys.stderr)
+        sys.exit(2)
+    written = write_report(experiment_dir, cfg.report_dir, list(cfg.formats), control_dir=control)
     print(f"{len(written)} files -> {Path(cfg.report_dir)}")
     for path in written:
         print(f"  {path.name}")

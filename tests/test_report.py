@@ -231,3 +231,26 @@ def test_seed_spread_and_steps_beyond_noise(summary: pd.DataFrame) -> None:
     one_seed = summary[summary["step"] == "resnet50"].assign(n=1, top1_std=np.nan)
     assert "Seed spread: n/a" in report.markdown_table(one_seed)
     assert report.beyond_noise(report.ladder_table(one_seed)).empty
+
+
+def test_ordered_pairs_counts_pairs_the_paper_separates(summary: pd.DataFrame) -> None:
+    table = report.ladder_table(summary)
+    agree, total = report.ordered_pairs(table)
+    rows = table[table["adopted"] == "yes"].dropna(subset=["top1_mean", "paper_top1"])
+    gaps = [abs(a - b) for i, a in enumerate(rows["paper_top1"]) for b in list(rows["paper_top1"])[i + 1:]]
+    assert total == sum(g >= 0.5 for g in gaps) and 0 < total < len(gaps)
+    assert agree == total  # the synthetic ladder is the paper's, scaled, plus noise of 0.3
+    reversed_table = table.assign(top1_mean=-table["top1_mean"])
+    assert report.ordered_pairs(reversed_table) == (0, total)
+    assert "ordered as in the paper: " in report.markdown_table(summary)
+
+
+def test_factor_study_table_against_a_control(experiment_dir: Path, tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    _write_run(study, _result("resnet50", 0, 58.0, variant="lr_low"), "resnet50-lr_low", 0)
+    _write_run(study, _result("separate_downsampling", 0, 73.0, variant="lr_low"), "separate_downsampling-lr_low", 0)
+    report.write_report(study, formats=["png"], control_dir=experiment_dir)
+    markdown = (study / "report" / "ladder.md").read_text()
+    assert "### Factor study (control: synthetic)" in markdown
+    assert "| control | 60.50 ± 0.71 (2) | 70.00 (1) |" in markdown
+    assert "| `lr_low` | 58.00 (1) [-2.50] | 73.00 (1) [+3.00] |" in markdown
