@@ -11,7 +11,7 @@ with a Lightning callback and torch hooks, without touching the model:
 
 Activation statistics are taken on every `every_n_batches`-th training batch (batch 0 of each epoch
 included), gradient and update statistics on every optimizer step. Everything is accumulated on
-the device and read once per epoch. Nothing here draws random numbers or changes a tensor the
+the device and read back at epoch end. Nothing here draws random numbers or changes a tensor the
 model uses, so a run computes the same weights with or without it.
 """
 from __future__ import annotations
@@ -96,7 +96,7 @@ class ActivationStats:
         self._values.clear()
 
     def means(self) -> dict[str, float]:
-        """Mean of each statistic over the measured batches (one host sync); NaN when none."""
+        """Mean of each statistic over the measured batches; NaN when none."""
         if self._sums is None:
             return {name: math.nan for name in self.names}
         return dict(zip(self.names, (self._sums / self.batches).tolist()))
@@ -133,9 +133,6 @@ class TrainingDynamics(L.Callback):
             log.info("trainer.compile: activation diagnostics (dyn/stage*) are off; gradient and update ones stay")
         else:
             self.activations = ActivationStats(model)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.teardown(trainer, pl_module, "fit")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.activations is not None:
