@@ -6,15 +6,20 @@ doing the same work on the same model and the same in-memory batches.
     python benchmarks/loop_overhead.py --width-mult 1 --batch 32        # the full-width rung
     python benchmarks/loop_overhead.py --device cuda --precision bf16 --channels-last   # as trainer=gpu
 
-Three loops, each trial of `--steps` timed steps after one untimed step, alternated trial by trial
+Five loops, each trial of `--steps` timed steps after one untimed step, alternated trial by trial
 (medians over `--trials` trials each):
 
 - `bare`: for each batch: MixUp/CutMix, forward, loss, zero_grad, backward, AdamW step, LR
   schedule step, EMA update (the same recipe objects the module builds).
 - `lightning (as roadmap.run)`: Classifier + Trainer with roadmap.run's arguments: CSV logger,
   EpochMetrics and ModelCheckpoint callbacks, the default progress bar (written to /dev/null
-  here), log_every_n_steps 20, precision 32-true (bf16-mixed with --precision bf16).
-- `lightning (no logger/ckpt/bar)`: the same without logger, checkpointing and progress bar.
+  here), log_every_n_steps 20, precision 32-true (bf16-mixed with --precision bf16), and the
+  TrainingDynamics callback (`trainer.diagnostics`, on by default: activation statistics every 10th
+  batch, gradient and update statistics every step).
+- `… diagnostics off`: the same without TrainingDynamics (`trainer.diagnostics=false`).
+- `… diagnostics every batch`: TrainingDynamics measuring activations on every batch (an upper
+  bound on what they cost).
+- `lightning (no logger/ckpt/bar)`: the same without logger, checkpointing, progress bar and diagnostics.
 
 A Lightning trial's time runs from the start of its second batch to the start of the batch after
 the last timed one (callback timestamps), so every per-step cost of the loop is inside it and the
@@ -45,6 +50,7 @@ from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
 import roadmap  # noqa: E402
 from roadmap.callbacks import EpochMetrics  # noqa: E402
+from roadmap.diagnostics import TrainingDynamics  # noqa: E402
 from roadmap.module import Classifier  # noqa: E402
 from roadmap.results import CHECKPOINT_FILE  # noqa: E402
 
@@ -88,9 +94,10 @@ class BatchTimes(L.Callback):
 
 class LightningLoop:
     def __init__(self, model: torch.nn.Module, recipe: dict, args: argparse.Namespace, device: torch.device,
-                 batches: Batches, as_run: bool, workdir: Path) -> None:
+                 batches: Batches, as_run: bool, workdir: Path, diagnostics_every: int | None = None) -> None:
         self.module = Classifier(model, recipe, args.num_classes, args.batch, channels_last=args.channels_last)
         self.batches, self.args, self.device, self.as_run, self.workdir = batches, args, device, as_run, workdir
+        self.diagnostics_every = diagnostics_every  # TrainingDynamics(every_n_batches); None: without it
         self.trial = 0
 
     def __call__(self) -> float:
@@ -100,8 +107,9 @@ class LightningLoop:
         timer = BatchTimes()
         extra: dict[str, Any]
         if self.as_run:  # roadmap.run.train()'s logger and callbacks
+            dynamics = [TrainingDynamics(self.diagnostics_every)] if self.diagnostics_every else []
             extra = dict(logger=[CSVLogger(save_dir=out, name="logs")], callbacks=[
-                timer, EpochMetrics(out),
+                timer, *dynamics, EpochMetrics(out),
                 ModelCheckpoint(dirpath=out, filename=CHECKPOINT_FILE.removesuffix(".ckpt"), save_top_k=1,
                                 enable_version_counter=False)])
         else:
@@ -173,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=16, help="timed steps per trial")
     parser.add_argument("--trials", type=int, default=5, help="trials per loop")
     parser.add_argument("--channels-last", action="store_true", help="channels_last model and batches (trainer=gpu's default)")
-    parser.add_argument("--no-as-run", action="store_true", help="skip the Lightning loop with logger/checkpoint/progress bar")
+    parser.add_argument("--no-as-run", action="store_true", help="skip the Lightning loops with logger/checkpoint/progress bar (and diagnostics)")
     add_device_args(parser)
     args = parser.parse_args(argv)
     device = setup_device(args)
@@ -208,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="roadmap-loop-") as tmp:
         loops["bare"] = BareLoop(fresh_model(), recipe, args, device, batches())
         if not args.no_as_run:
-            loops["lightning (as roadmap.run)"] = LightningLoop(fresh_model(), recipe, args, device, batches(), True, Path(tmp))
+            for name, every in [("", 10), (", diagnostics off", None), (", diagnostics every batch", 1)]:
+                loops[f"lightning (as roadmap.run{name})"] = LightningLoop(
+                    fresh_model(), recipe, args, device, batches(), True, Path(tmp), diagnostics_every=every)
         loops["lightning (no logger/ckpt/bar)"] = LightningLoop(fresh_model(), recipe, args, device, batches(), False, Path(tmp))
         seconds: dict[str, list[float]] = {name: [] for name in loops}
 
@@ -238,6 +248,15 @@ def main(argv: list[str] | None = None) -> int:
           f"drop path {recipe['drop_path']}); {args.trials} trials x {args.steps} steps each, medians\n")
     print_table(rows, ["loop", "img/s", "ms/step", "overhead ms/step", "ratio vs bare", "trials (img/s)", "target >= 0.95"],
                 {"ratio vs bare": 3, "img/s": 1, "ms/step": 1, "overhead ms/step": 1})
+    if not args.no_as_run:
+        on, off = seconds["lightning (as roadmap.run)"][1:], seconds["lightning (as roadmap.run, diagnostics off)"][1:]
+        every = seconds["lightning (as roadmap.run, diagnostics every batch)"][1:]
+        print("diagnostics cost, step time with / without TrainingDynamics (ratio of medians; per-trial ratios "
+              "of the same round):")
+        for name, values in [("default (activations every 10th batch)", on), ("activations every batch", every)]:
+            rounds = sorted(v / o for v, o in zip(values, off))
+            print(f"  {name}: {statistics.median(values) / statistics.median(off):.3f} "
+                  f"(per trial {rounds[0]:.3f}-{rounds[-1]:.3f})")
     print(f"# total {total:.0f} s")
     return 0
 

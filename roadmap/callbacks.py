@@ -2,16 +2,42 @@
 from __future__ import annotations
 
 import csv
+import io
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
-from roadmap.results import METRICS_FILE, refresh_lock
+from roadmap.diagnostics import PREFIX as DYNAMICS_PREFIX
+from roadmap.results import METRICS_FILE, refresh_lock, write_atomic
 
 COLUMNS = ["epoch", "step", "lr", "train/loss", "val/loss", "val/top1", "val/top5", "val/top1_ema",
            "val/top5_ema", "img_per_s"]
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one row to a CSV file; a column the file lacks (e.g. a run resumed with diagnostics
+    from one recorded without them) rewrites it with the column added, empty in earlier rows."""
+    header: list[str] = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+    new = [k for k in row if k not in header]
+    if header and new:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=header + new, restval="")
+        writer.writeheader()
+        writer.writerows([*rows, row])
+        write_atomic(path, text.getvalue())
+        return
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header or list(row), restval="")
+        if not header:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 class EpochMetrics(L.Callback):
@@ -42,13 +68,10 @@ class EpochMetrics(L.Callback):
             value = logged.get(sources.get(column, column))
             row[column] = round(float(value), 6) if value is not None else None
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        for key in [k for k in logged if k.startswith(DYNAMICS_PREFIX)]:  # roadmap.diagnostics, in its order
+            row[key] = float(f"{float(logged[key]):.6g}")
         self.rows.append(row)
-        new_file = not self.path.is_file()
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
+        append_row(self.path, row)
 
     def history(self) -> list[dict[str, Any]]:
         """Every epoch recorded in metrics.csv (across attempts; a rerun epoch keeps its last row)."""

@@ -3,7 +3,7 @@
 Reads <output_root>/<experiment>/results.csv (collecting the run directories first when it is
 absent or older than a result.json) and every run's metrics.csv, and writes to `report_dir`
 (default <output_root>/<experiment>/report/): `ladder.md` and the figures `ladder`,
-`top1_vs_gmacs`, `top1_vs_throughput` and `curves` in each of `formats` (png, svg). Regimes
+`top1_vs_gmacs`, `top1_vs_throughput`, `curves` and `dynamics` in each of `formats` (png, svg). Regimes
 other than r50 get their own files, suffixed `_<regime>`. Rungs that have not run yet appear
 with the paper's numbers alone. The notebooks in analysis/ call these same functions.
 """
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 import matplotlib
@@ -26,12 +28,13 @@ from roadmap.ladder import LadderError, conf_dir, list_steps, load_regime, step_
 from roadmap.reference import paper_ladder
 from roadmap.results import METRICS_FILE, RESULT_FIELDS, RESULT_FILE
 
-FIGURES = ("ladder", "top1_vs_gmacs", "top1_vs_throughput", "curves")
+FIGURES = ("ladder", "top1_vs_gmacs", "top1_vs_throughput", "curves", "dynamics")
 DEFAULT_REGIME = "r50"
 OURS_COLOR = "tab:blue"
 PAPER_COLOR = "tab:orange"
 BRANCH_COLOR = "lightgrey"
 CURVE_COLUMNS = ["regime", "rung", "step", "variant", "seed", "order", "epoch", "val/top1", "val/top1_ema"]
+DYN = "dyn/"  # roadmap.diagnostics' columns, kept in `curves` where a metrics.csv has them
 
 
 @dataclass
@@ -41,7 +44,7 @@ class ReportData:
     experiment_dir: Path
     results: pd.DataFrame  # one row per run (results.csv)
     summary: pd.DataFrame  # one row per rung and variant (collect.summarize)
-    curves: pd.DataFrame  # one row per run and epoch (metrics.csv), CURVE_COLUMNS
+    curves: pd.DataFrame  # one row per run and epoch (metrics.csv), CURVE_COLUMNS and any dyn/ columns
     control: ReportData | None = None  # a factor study's control experiment (its plain rungs)
 
     @property
@@ -79,7 +82,7 @@ def load_curves(experiment_dir: Path) -> pd.DataFrame:
             regime=regime_dir.name, rung=rung_dir.name, step=step, variant=variant,
             seed=int(seed_dir.name.removeprefix("seed")), order=_order(regime_dir.name, step),
         )
-        frames.append(frame.reindex(columns=CURVE_COLUMNS))
+        frames.append(frame.reindex(columns=CURVE_COLUMNS + [c for c in frame if c.startswith(DYN)]))
     if not frames:
         return pd.DataFrame(columns=CURVE_COLUMNS)
     return pd.concat(frames, ignore_index=True).sort_values(["regime", "order", "variant", "seed", "epoch"])
@@ -488,33 +491,91 @@ def top1_vs_throughput_figure(summary: pd.DataFrame, regime: str = DEFAULT_REGIM
     return scatter_figure(summary, "train_img_per_s", "measured training throughput (img/s)", regime, title)
 
 
-def curves_figure(curves: pd.DataFrame, regime: str = DEFAULT_REGIME, seed: int | None = None, title: str = "") -> Figure:
-    """Validation top-1 (raw and EMA) per epoch, one line per rung (mean over seeds, or `seed`);
-    colours follow the ladder order, branches and variants dashed."""
-    runs = curves[curves["regime"] == regime]
-    if seed is not None:
-        runs = runs[runs["seed"] == seed]
-    fig = Figure(figsize=(13, 5), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
+def _rungs(runs: pd.DataFrame, regime: str) -> Iterator[tuple[Any, str, bool, pd.DataFrame]]:
+    """(colour, rung, dashed, its rows) per rung in ladder order: colours follow the ladder order,
+    branches and variants are dashed."""
     rungs = runs.groupby(["order", "rung"], sort=True)
     colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.95, max(rungs.ngroups, 1)))
     branches = set(load_regime(regime).branches) if _known_regime(regime) else set()
     for color, ((_, rung), group) in zip(colors, rungs):
+        yield color, rung, rung in branches or "-" in rung, group
+
+
+def _label(rung: str, group: pd.DataFrame) -> str:
+    seeds = group["seed"].nunique()
+    return f"{rung} ({seeds} seed{'s' if seeds > 1 else ''})"
+
+
+def _runs(curves: pd.DataFrame, regime: str, seed: int | None) -> pd.DataFrame:
+    runs = curves[curves["regime"] == regime]
+    return runs if seed is None else runs[runs["seed"] == seed]
+
+
+def curves_figure(curves: pd.DataFrame, regime: str = DEFAULT_REGIME, seed: int | None = None, title: str = "") -> Figure:
+    """Validation top-1 (raw and EMA) per epoch, one line per rung (mean over seeds, or `seed`);
+    colours follow the ladder order, branches and variants dashed."""
+    runs = _runs(curves, regime, seed)
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    lines = list(_rungs(runs, regime))
+    for color, rung, dashed, group in lines:
         mean = group.groupby("epoch")[["val/top1", "val/top1_ema"]].mean()
-        dashed = rung in branches or "-" in rung
         for ax, metric in zip(axes, ["val/top1", "val/top1_ema"]):
-            ax.plot(mean.index + 1, mean[metric], color=color, linestyle="--" if dashed else "-",
-                    label=f"{rung} ({group['seed'].nunique()} seed{'s' if group['seed'].nunique() > 1 else ''})")
+            ax.plot(mean.index + 1, mean[metric], color=color, linestyle="--" if dashed else "-", label=_label(rung, group))
     for ax, name in zip(axes, ["val top-1 (%)", "val top-1, EMA weights (%)"]):
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.grid(alpha=0.3)
-        if rungs.ngroups == 0:
+        if not lines:
             ax.text(0.5, 0.5, "no metrics.csv yet", ha="center", va="center", transform=ax.transAxes, color="grey")
     axes[0].set_ylabel("top-1 (%)")
-    if rungs.ngroups:
+    if lines:
         axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(title or f"{regime}: training curves ({'seed ' + str(seed) if seed is not None else 'mean over seeds'})")
+    return fig
+
+
+def _dynamics_title(column: str) -> str:
+    name = column.removeprefix(DYN)
+    if name == "grad_norm":
+        return "global gradient norm (before clipping)"
+    if name.startswith("update_ratio/"):
+        return f"update/weight: {name.removeprefix('update_ratio/')}"
+    stage, _, stat = name.partition("_")
+    return f"{stage.replace('stage', 'stage ')}: " + (
+        "residual stream RMS at its output" if stat == "rms" else "last block's branch RMS / input RMS")
+
+
+def dynamics_figure(curves: pd.DataFrame, regime: str = DEFAULT_REGIME, seed: int | None = None, title: str = "") -> Figure:
+    """Training dynamics per epoch (roadmap.diagnostics' dyn/ columns), one line per rung (mean over
+    seeds, or `seed`), log scale: per stage the residual stream's RMS and the last block's branch
+    ratio; the gradient norm and the update/weight ratios. Runs without these columns (recorded
+    before them, or with trainer.diagnostics=false) are left out; with none, the figure says so."""
+    runs = _runs(curves, regime, seed)
+    columns = [c for c in runs if c.startswith(DYN) and runs[c].notna().any()]
+    fig = Figure(figsize=(17, 10), layout="constrained")
+    fig.suptitle(title or f"{regime}: training dynamics ({'seed ' + str(seed) if seed is not None else 'mean over seeds'})")
+    if not columns:
+        ax = fig.subplots()
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no training-dynamics columns (dyn/…) in these runs' metrics.csv:\nrecorded before "
+                "roadmap.diagnostics, or with trainer.diagnostics=false", ha="center", va="center", color="grey")
+        return fig
+    rows = [[c for c in columns if c.endswith("_rms")], [c for c in columns if c.endswith("_branch_ratio")],
+            [c for c in columns if not c.endswith(("_rms", "_branch_ratio"))]]
+    rows = [row for row in rows if row]
+    lines = list(_rungs(runs.dropna(subset=columns, how="all"), regime))
+    for subfig, row in zip(np.atleast_1d(fig.subfigures(len(rows), 1)), rows):
+        for ax, column in zip(subfig.subplots(1, len(row), squeeze=False)[0], row):
+            for color, rung, dashed, group in lines:
+                mean = group.groupby("epoch")[column].mean().dropna()
+                ax.plot(mean.index + 1, mean, color=color, linestyle="--" if dashed else "-", label=_label(rung, group))
+            if (runs[column].dropna() > 0).all():
+                ax.set_yscale("log")
+            ax.set_title(_dynamics_title(column), fontsize=8)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+    fig.legend(*fig.axes[0].get_legend_handles_labels(), fontsize=7, loc="outside right center")
     return fig
 
 
@@ -527,6 +588,7 @@ def report_figures(data: ReportData) -> dict[str, Figure]:
         figures[f"top1_vs_gmacs{suffix}"] = top1_vs_gmacs_figure(data.summary, regime, data.image_size, title=name)
         figures[f"top1_vs_throughput{suffix}"] = top1_vs_throughput_figure(data.summary, regime, title=name)
         figures[f"curves{suffix}"] = curves_figure(data.curves, regime, title=f"{name}: training curves, mean over seeds")
+        figures[f"dynamics{suffix}"] = dynamics_figure(data.curves, regime, title=f"{name}: training dynamics, mean over seeds")
     return figures
 
 

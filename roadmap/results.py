@@ -20,7 +20,7 @@ METRICS_FILE = "metrics.csv"
 # Every result.json has these fields (None where a failed run has no value).
 RESULT_FIELDS = [
     "experiment", "regime", "step", "variant", "seed", "status", "reason",
-    "top1", "top5", "top1_ema", "top5_ema", "top1_max", "top1_ema_max",
+    "top1", "top5", "top1_ema", "top5_ema", "top1_max", "top1_ema_max", "train_loss_sum",
     "params", "gmacs", "gmacs_224", "image_size", "dataset", "num_classes",
     "epochs", "optimizer_steps", "global_batch", "per_device_batch", "accumulate", "devices",
     "num_nodes", "sync_batchnorm", "precision", "channels_last", "lr", "lr_scaled",
@@ -30,7 +30,7 @@ RESULT_FIELDS = [
 
 # Keys that do not change what a run computes: moving data or outputs, logging, rerun flags.
 UNHASHED_KEYS = ["output_root", "output_dir", "force", "logger", "data.root", "data.num_workers", "trainer.compile",
-    "trainer.channels_last",
+    "trainer.channels_last", "trainer.diagnostics",
 ]
 
 

@@ -141,6 +141,7 @@ def train(plan: RunPlan, resume: bool) -> dict[str, Any] | None:
 
     from roadmap.callbacks import EpochMetrics
     from roadmap.data import build_datamodule
+    from roadmap.diagnostics import TrainingDynamics, train_loss_sum
     from roadmap.model.complexity import complexity
     from roadmap.model.net import RoadmapNet
     from roadmap.module import Classifier
@@ -160,6 +161,7 @@ def train(plan: RunPlan, resume: bool) -> dict[str, Any] | None:
         channels_last=bool(cfg.trainer.channels_last),
     )
     metrics = EpochMetrics(out)
+    dynamics = [TrainingDynamics()] if cfg.trainer.diagnostics else []  # before `metrics`, which writes its values
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=plan.devices,
@@ -179,7 +181,7 @@ def train(plan: RunPlan, resume: bool) -> dict[str, Any] | None:
         enable_model_summary=False,
         default_root_dir=out,
         logger=_build_loggers(plan),
-        callbacks=[metrics, ModelCheckpoint(  # one rolling last.ckpt, rewritten (atomically) every epoch
+        callbacks=[*dynamics, metrics, ModelCheckpoint(  # one rolling last.ckpt, rewritten (atomically) every epoch
             dirpath=out, filename=CHECKPOINT_FILE.removesuffix(".ckpt"), save_top_k=1, enable_version_counter=False
         )],
     )
@@ -207,6 +209,7 @@ def train(plan: RunPlan, resume: bool) -> dict[str, Any] | None:
         "top5_ema": final.get("val/top5_ema"),
         "top1_max": best("val/top1"),
         "top1_ema_max": best("val/top1_ema"),
+        "train_loss_sum": train_loss_sum(history),
         "params": counts["params"],
         "gmacs": counts["gmacs"],
         "gmacs_224": gmacs_224,

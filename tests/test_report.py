@@ -167,6 +167,30 @@ def test_figures_on_synthetic_summary(summary: pd.DataFrame, tmp_path: Path) -> 
     assert path.read_bytes() == first  # reproducible SVG: re-running does not churn git
 
 
+def test_dynamics_figure(tmp_path: Path) -> None:
+    root = tmp_path / "exp"
+    for rung, seed, with_dyn in [("resnet50", 0, True), ("resnet50", 1, True), ("gelu", 0, False)]:
+        run_dir = root / "r50" / rung / f"seed{seed}"
+        run_dir.mkdir(parents=True)
+        frame = pd.DataFrame({"epoch": [0, 1, 2], "val/top1": 50.0, "val/top1_ema": 50.0})
+        if with_dyn:
+            frame = frame.assign(**{"dyn/grad_norm": [3.0, 2.0, 1.0], "dyn/update_ratio/stem.conv": 1e-3,
+                                    **{f"dyn/stage{i}_rms": 1.0 + seed for i in range(1, 5)},
+                                    **{f"dyn/stage{i}_branch_ratio": 0.1 for i in range(1, 5)}})
+        frame.to_csv(run_dir / "metrics.csv", index=False)
+    curves = report.load_curves(root)
+    fig = report.dynamics_figure(curves)
+    assert isinstance(fig, Figure) and len(fig.axes) == 4 + 4 + 2
+    grad_norm = next(ax for ax in fig.axes if "gradient norm" in ax.get_title())
+    (line,) = grad_norm.get_lines()  # gelu has no dyn/ columns: no line
+    assert line.get_label() == "resnet50 (2 seeds)" and line.get_ydata().tolist() == [3.0, 2.0, 1.0]
+    stage1 = next(ax for ax in fig.axes if ax.get_title().startswith("stage 1: residual"))
+    assert stage1.get_lines()[0].get_ydata().tolist() == [1.5, 1.5, 1.5]  # mean over seeds
+    # recorded experiments without these columns: a figure that says so
+    empty = report.dynamics_figure(curves[curves["rung"] == "gelu"])
+    assert any("trainer.diagnostics=false" in t.get_text() for ax in empty.axes for t in ax.texts)
+
+
 # --------------------------------------------------------------------- experiment folder
 
 
@@ -209,7 +233,7 @@ def test_cli(experiment_dir: Path) -> None:
     out = experiment_dir / "report"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{f}.{x}" for f in report.FIGURES for x in ("png", "svg")] + ["ladder.md"])
-    assert "9 files" in done.stdout
+    assert "11 files" in done.stdout
 
 
 def test_seed_spread_and_steps_beyond_noise(summary: pd.DataFrame) -> None:
