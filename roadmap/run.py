@@ -58,7 +58,7 @@ class RunConfigError(ValueError):
 
 
 class CheckpointError(RuntimeError):
-    """last.ckpt exists but cannot be read: never silently restart from zero over it."""
+    """last.ckpt cannot be read or belongs to another run: never silently restart from zero over it."""
 
 
 @dataclass

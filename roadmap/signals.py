@@ -20,14 +20,26 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+_owner_pid: int | None = None  # the process that installed the handlers; forked children inherit them
+
+
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    if os.getpid() != _owner_pid:  # a forked child (a DataLoader worker): Python's default behaviour
+        if signum == signal.SIGINT:
+            signal.default_int_handler(signum, frame)
+        exit_by_signal(signum)
     for other in SIGNALS:  # a second signal must not interrupt the cleanup
         signal.signal(other, signal.SIG_IGN)
+    # Nor the DataLoader's SIGCHLD handler, which raises when its workers die of the same signal
+    # (sent to the whole process group by Ctrl-C, `timeout`, SLURM).
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     raise Interrupted(signum)
 
 
 def raise_on_signals() -> None:
     """From now on SIGTERM and SIGINT raise `Interrupted` in the main thread."""
+    global _owner_pid
+    _owner_pid = os.getpid()
     for signum in SIGNALS:
         signal.signal(signum, _raise_interrupted)
 
