@@ -203,6 +203,12 @@ def launch_local(rungs: list[Rung], passed_on: list[str], launcher: DictConfig, 
     return codes
 
 
+def _stopped_by_signal(rung: Rung, code: int) -> bool:
+    """Its process died of SIGTERM/SIGINT, or (a SLURM job's exit code says less) its result says so."""
+    result = read_result(rung.out_dir)
+    return was_interrupted(code) or (result is not None and result.get("status") == "interrupted")
+
+
 def _outcome(rung: Rung, code: int) -> str:
     if code == 0:
         return "ok"
@@ -238,8 +244,7 @@ def run_sweep(cfg: DictConfig) -> int:
     else:
         codes = launch_local(todo, passed_on, cfg.launcher, int(cfg.trainer.devices) if str(cfg.trainer.devices).isdigit() else 1)
     print(status_table(rungs))
-    interrupted = [r.label for r in rungs if codes.get(r.label, 0) != 0
-                   and (was_interrupted(codes[r.label]) or status_of(r) == "interrupted")]
+    interrupted = [r.label for r in rungs if codes.get(r.label, 0) != 0 and _stopped_by_signal(r, codes[r.label])]
     failed = [r.label for r in rungs if r.label not in interrupted
               and (status_of(r) == "failed" or codes.get(r.label, 0) != 0)]
     if failed:
