@@ -1,61 +1,61 @@
-"""Per-epoch metrics that survive a resume: one row per epoch appended to metrics.csv."""
+"""Lightning pieces of a run: per-epoch metrics that survive a resume (metrics.csv), the run's own
+state in its checkpoints (config, RNG), atomic checkpoint writes, plain progress lines for logs."""
 from __future__ import annotations
 
 import csv
 import io
+import logging
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from roadmap.diagnostics import PREFIX as DYNAMICS_PREFIX
-from roadmap.results import METRICS_FILE, refresh_lock, write_atomic
+from roadmap.results import CONFIG_FILE, METRICS_FILE, refresh_lock, write_atomic
+
+log = logging.getLogger("roadmap.run")
 
 COLUMNS = ["epoch", "step", "lr", "train/loss", "val/loss", "val/top1", "val/top5", "val/top1_ema",
            "val/top5_ema", "img_per_s"]
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one row to a CSV file; a column the file lacks (e.g. a run resumed with diagnostics
-    from one recorded without them) rewrites it with the column added, empty in earlier rows."""
+    """Append one row to a CSV file, rewriting it atomically (a full disk never leaves half a row);
+    a column the file lacks (e.g. a run resumed with diagnostics from one recorded without them) is
+    added, empty in earlier rows."""
+    rows: list[dict[str, str]] = []
     header: list[str] = []
     if path.is_file():
         with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-    new = [k for k in row if k not in header]
-    if header and new:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=header + new, restval="")
-        writer.writeheader()
-        writer.writerows([*rows, row])
-        write_atomic(path, text.getvalue())
-        return
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header or list(row), restval="")
-        if not header:
-            writer.writeheader()
-        writer.writerow(row)
+            reader = csv.DictReader(f)
+            rows, header = list(reader), list(reader.fieldnames or [])
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=header + [k for k in row if k not in header], restval="")
+    writer.writeheader()
+    writer.writerows([*rows, row])
+    write_atomic(path, text.getvalue())
 
 
 class EpochMetrics(L.Callback):
     """Appends each finished epoch to metrics.csv (rank 0) and keeps this attempt's rows."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, lock_dir: Path) -> None:
         self.path = Path(out_dir) / METRICS_FILE
+        self.lock_dir = lock_dir
         self.rows: list[dict[str, Any]] = []
-        self.resumed_from_step: int | None = None
         self._last_refresh = time.monotonic()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.resumed_from_step = trainer.global_step or None
         self._last_refresh = time.monotonic()
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.is_global_zero and time.monotonic() - self._last_refresh > 60:
-            refresh_lock(self.path.parent)  # tells `roadmap.status` on other hosts it is alive
+            refresh_lock(self.lock_dir)  # tells `roadmap.status` on other hosts it is alive
             self._last_refresh = time.monotonic()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -72,6 +72,9 @@ class EpochMetrics(L.Callback):
             row[key] = float(f"{float(logged[key]):.6g}")
         self.rows.append(row)
         append_row(self.path, row)
+        log.info("epoch %d done (step %d): %s", row["epoch"], row["step"],
+                 ", ".join(f"{k} {v:.4g}" for k, v in row.items()
+                           if k not in ("epoch", "step") and not k.startswith(DYNAMICS_PREFIX) and v is not None))
 
     def history(self) -> list[dict[str, Any]]:
         """Every epoch recorded in metrics.csv (across attempts; a rerun epoch keeps its last row)."""
@@ -83,6 +86,87 @@ class EpochMetrics(L.Callback):
                 by_epoch[int(row["epoch"])] = {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
         return [by_epoch[e] for e in sorted(by_epoch)]
 
-    def mean_img_per_s(self) -> float | None:
-        values = [r["img_per_s"] for r in self.rows if r.get("img_per_s")]
-        return round(sum(values) / len(values), 2) if values else None
+
+class RunState(L.Callback):
+    """The run's own state around Lightning's. Every checkpoint carries the run's config (so a
+    checkpoint of another run is refused) and the RNG states of torch, numpy and random (so a
+    resumed run draws the same data order, augmentations and drop paths as an uninterrupted one;
+    checkpoints are taken at epoch ends, where the sampler starts a new order from torch's RNG).
+    config.yaml is written at the run's first optimizer step, so a run that fails before it
+    leaves its directory as it was; a fresh run then moves a previous attempt's metrics aside."""
+
+    def __init__(self, work_dir: Path, config: dict[str, Any], config_text: str, fresh: bool) -> None:
+        self.work_dir = Path(work_dir)
+        self.config = config
+        self.config_text = config_text
+        self.fresh = fresh
+        self.start_step = 0
+        self.loaded_step: int | None = None
+        self.committed = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if not self.committed and trainer.global_step != self.start_step:
+            self.commit(trainer)
+
+    def commit(self, trainer: L.Trainer) -> None:
+        """The run has begun (or, resumed from its final checkpoint, needs no step): write config.yaml."""
+        if self.committed:
+            return
+        if trainer.is_global_zero:
+            metrics = self.work_dir / METRICS_FILE
+            if self.fresh and metrics.is_file():
+                metrics.replace(self.work_dir / f"previous_{METRICS_FILE}")
+            write_atomic(self.work_dir / CONFIG_FILE, self.config_text)
+        self.committed = True
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        numpy_state = np.random.get_state()
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+               "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]]}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["roadmap"] = {"config": self.config, "rng": rng}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.loaded_step = int(checkpoint["global_step"])
+        rng = checkpoint.get("roadmap", {}).get("rng")
+        if rng is None:  # a checkpoint written before RNG states were saved
+            return
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        name, keys, *rest = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written through a temporary file in their own directory (fsync, rename): Lightning's
+    default stages them in $TMPDIR and copies them across, which a full disk leaves half-written."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomic(Path(path), buffer.getvalue())
+
+
+class PlainProgress(L.Callback):
+    """One log line every `every` batches and at each epoch's last batch, for logs that are not a
+    terminal (sweeps, SLURM, `> log`), where a progress bar writes thousands of carriage returns."""
+
+    def __init__(self, every: int) -> None:
+        self.every = max(1, every)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        total = trainer.num_training_batches
+        if (batch_idx + 1) % self.every and batch_idx + 1 != total:
+            return
+        logged = trainer.callback_metrics
+        loss, speed = logged.get("train/loss_step"), logged.get("img_per_s")
+        log.info("epoch %d batch %d/%s step %d: loss %s, %s img/s", trainer.current_epoch, batch_idx + 1, total,
+                 trainer.global_step, f"{float(loss):.4f}" if loss is not None else "-",
+                 f"{float(speed):.1f}" if speed is not None else "-")

@@ -6,7 +6,6 @@ mean, std and n over seeds of top-1 raw and EMA).
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from omegaconf import DictConfig
 
 from roadmap.ladder import conf_dir, list_steps, list_regimes
 from roadmap.reference import paper_ladder
-from roadmap.results import RESULT_FIELDS, RESULT_FILE
+from roadmap.results import RESULT_FIELDS, RESULT_FILE, read_result
 
 PAPER_COLUMNS = ["paper_top1", "paper_top1_std", "paper_gflops"]
 
@@ -31,7 +30,7 @@ def _ladder_order(regime: str, step: str) -> int:
 def load_results(experiment_dir: Path) -> pd.DataFrame:
     """Every run's result.json under experiment_dir (<regime>/<rung>/seed<k>/), paper numbers joined."""
     paths = sorted(experiment_dir.glob(f"*/*/seed*/{RESULT_FILE}"))
-    rows = [json.loads(p.read_text()) for p in paths]
+    rows = [read_result(p.parent) for p in paths]
     columns = RESULT_FIELDS + sorted({k for r in rows for k in r} - set(RESULT_FIELDS))
     table = pd.DataFrame(rows, columns=columns)
     if "variant" not in table:
@@ -78,7 +77,7 @@ def main(cfg: DictConfig) -> None:
     experiment_dir = Path(cfg.output_root) / cfg.experiment_name
     try:
         results, summary = collect(experiment_dir)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # ValueError: an invalid result.json, named
         print(f"roadmap.collect: error: {error}", file=sys.stderr)
         sys.exit(2)
     print(summary.drop(columns=["order"]).to_string(index=False))

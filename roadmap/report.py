@@ -359,7 +359,9 @@ def markdown_report(data: ReportData, figure_format: str | None = "png") -> str:
         "",
         "Runs: " + (", ".join(f"{n} {s}" for s, n in status.items()) if len(status) else "none finished yet") + ".",
     ]
-    parts += [f"- failed: `{r.regime}/{r.step}` seed {r.seed}: {r.reason}" for r in failed.itertuples()]
+    # The reason's first line: a traceback stays in the run's result.json.
+    parts += [f"- failed: `{r.regime}/{r.step}` seed {r.seed}: {str(r.reason).splitlines()[0] if r.reason else ''}"
+              for r in failed.itertuples()]
     parts.append("Top-1 in %: ours on this experiment's data (mean ± std over seeds), the paper's on ImageNet-1K at 224².")
     for regime in data.regimes:
         suffix = _suffix(regime)
@@ -635,7 +637,11 @@ def main(cfg: DictConfig) -> None:
     if control is not None and not (control / "results.csv").is_file():
         print(f"roadmap.report: error: control={cfg.control}: no results.csv in {control}", file=sys.stderr)
         sys.exit(2)
-    written = write_report(experiment_dir, cfg.report_dir, list(cfg.formats), control_dir=control)
+    try:
+        written = write_report(experiment_dir, cfg.report_dir, list(cfg.formats), control_dir=control)
+    except ValueError as error:  # an invalid result.json, named
+        print(f"roadmap.report: error: {error}", file=sys.stderr)
+        sys.exit(2)
     print(f"{len(written)} files -> {Path(cfg.report_dir)}")
     for path in written:
         print(f"  {path.name}")

@@ -28,9 +28,10 @@ RESULT_FIELDS = [
     "torch_version", "hostname", "finished_at",
 ]
 
-# Keys that do not change what a run computes: moving data or outputs, logging, rerun flags.
+# Keys that do not change what a run computes: moving data or outputs, logging, rerun flags, and
+# how the global batch is executed (per-device batch x accumulation; result.json records both).
 UNHASHED_KEYS = ["output_root", "output_dir", "force", "logger", "data.root", "data.num_workers", "trainer.compile",
-    "trainer.channels_last", "trainer.diagnostics",
+    "trainer.channels_last", "trainer.diagnostics", "trainer.per_device_batch",
 ]
 
 
@@ -84,35 +85,48 @@ def recorded_config_hash(out_dir: Path) -> str | None:
     return None if result is None else result.get("config_hash")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash or a full disk never leaves half a file."""
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write via a temporary file in the same directory, fsync and rename, so a crash or a full
+    disk never leaves half a file (the previous file stays whole until the rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide results from the rest of a team
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as error:  # a full disk fails in write(), which names no file: name the target
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
 def write_result(out_dir: Path, record: dict[str, Any]) -> None:
+    if record.get("status") == "completed" and record.get("top1") is None:
+        raise ValueError(f"refusing to record {out_dir} as completed without a top-1 accuracy")
     full = {name: record.get(name) for name in RESULT_FIELDS}
     full.update({k: v for k, v in record.items() if k not in full})
     write_atomic(out_dir / RESULT_FILE, json.dumps(full, indent=2) + "\n")
 
 
 def read_result(out_dir: Path) -> dict[str, Any] | None:
+    """result.json of out_dir, None if absent; ValueError naming the file if it is not a result."""
     path = out_dir / RESULT_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); remove it to rerun this run") from error
+        result = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); move it away to rerun this run") from error
+    if not isinstance(result, dict) or "status" not in result:
+        raise ValueError(f"{path} is not a run result (a JSON object with a status); move it away to rerun this run")
+    return result
 
 
 def git_commit() -> str:

@@ -96,11 +96,11 @@ FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", 
 def _finished(rung: Any, job: submitit.Job, submitted: float) -> bool:
     """The rung wrote its result.json after submission, or its job ended for good. submitit's
     `done()` alone is not enough: a requeued job passes through states it counts as done."""
-    from roadmap.results import RESULT_FILE
+    from roadmap.results import RESULT_FILE, read_result
 
     result = rung.out_dir / RESULT_FILE
-    if result.is_file() and result.stat().st_mtime >= submitted:
-        return True
+    if result.is_file() and result.stat().st_mtime >= submitted and read_result(rung.out_dir)["status"] != "interrupted":
+        return True  # an interrupted run (preempted, requeued) goes on
     return job.state.upper().startswith(FINAL_STATES)
 
 

@@ -16,10 +16,11 @@ def main(cfg: DictConfig) -> None:
     try:
         rungs, _ = expand(cfg)
         plan_rungs(rungs, passed_on_overrides())
-    except (SweepError, LadderError, ValueError) as error:
+        table = status_table(rungs)
+    except (SweepError, LadderError, ValueError) as error:  # ValueError: also an invalid result.json, named
         print(f"roadmap.status: error: {error}", file=sys.stderr)
         sys.exit(2)
-    print(status_table(rungs))
+    print(table)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from roadmap.ladder import LadderError, compose_arch, conf_dir, list_steps, load_delta, load_regime, step_chain
 from roadmap.model.config import ArchConfig
 from roadmap.results import CHECKPOINT_FILE, lock_holder, read_result, recorded_config_hash
+from roadmap.signals import Interrupted, exit_by_signal, raise_on_signals, was_interrupted
 
 log = logging.getLogger("roadmap.sweep")
 
@@ -135,8 +136,8 @@ def plan_rungs(rungs: list[Rung], passed_on: list[str]) -> None:
 
 
 def status_of(rung: Rung) -> str:
-    """done | failed | running | queued (its SLURM job waits) | interrupted (has last.ckpt) | pending |
-    conflict (other config)."""
+    """done | failed | running | queued (its SLURM job waits) | interrupted (stopped by a signal, or
+    has last.ckpt) | pending | conflict (other config)."""
     try:
         result = read_result(rung.out_dir)
         recorded = recorded_config_hash(rung.out_dir)
@@ -146,7 +147,7 @@ def status_of(rung: Rung) -> str:
         return "conflict"
     if lock_holder(rung.out_dir) is not None:
         return "running"
-    if result is not None:
+    if result is not None and result.get("status") != "interrupted":
         return "done" if result.get("status") == "completed" else "failed"
     from roadmap.slurm import queued_job
 
@@ -177,28 +178,49 @@ def launch_local(rungs: list[Rung], passed_on: list[str], launcher: DictConfig, 
     threads = max(1, (os.cpu_count() or 1) // parallel)
     pending, running, codes = list(rungs), {}, {}
     free_slots = list(range(parallel))
-    while pending or running:
-        while pending and free_slots:
-            rung, slot = pending.pop(0), free_slots.pop(0)
-            env = dict(os.environ)
-            if parallel > 1:
-                env["OMP_NUM_THREADS"] = str(threads)
-                if os.environ.get("CUDA_VISIBLE_DEVICES") is None and _gpu_count() > 0:
-                    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(slot * per_run + i) for i in range(per_run))
-            rung.out_dir.mkdir(parents=True, exist_ok=True)
-            stream = open(rung.out_dir / "stdout.log", "a")
-            log.info("start %s", rung.label)
-            proc = subprocess.Popen(run_command(rung, passed_on), env=env, stdout=stream, stderr=subprocess.STDOUT)
-            running[proc] = (rung, slot, stream, time.monotonic())
-        time.sleep(0.2)
-        for proc in [p for p in running if p.poll() is not None]:
-            rung, slot, stream, started = running.pop(proc)
+    try:
+        while pending or running:
+            while pending and free_slots:
+                rung, slot = pending.pop(0), free_slots.pop(0)
+                env = dict(os.environ)
+                if parallel > 1:
+                    env["OMP_NUM_THREADS"] = str(threads)
+                    if os.environ.get("CUDA_VISIBLE_DEVICES") is None and _gpu_count() > 0:
+                        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(slot * per_run + i) for i in range(per_run))
+                rung.out_dir.mkdir(parents=True, exist_ok=True)
+                stream = open(rung.out_dir / "stdout.log", "a")
+                log.info("start %s", rung.label)
+                proc = subprocess.Popen(run_command(rung, passed_on), env=env, stdout=stream, stderr=subprocess.STDOUT)
+                running[proc] = (rung, slot, stream, time.monotonic())
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                rung, slot, stream, started = running.pop(proc)
+                stream.close()
+                free_slots.append(slot)
+                codes[rung.label] = proc.returncode
+                log.info("end   %s: %s in %.0fs", rung.label, _outcome(rung, proc.returncode), time.monotonic() - started)
+    except Interrupted as stop:  # pass the signal on to the running rungs; each stops as a resumable run
+        for proc, (rung, _, stream, _) in running.items():
+            proc.send_signal(stop.signum)
+            proc.wait()
             stream.close()
-            free_slots.append(slot)
             codes[rung.label] = proc.returncode
-            outcome = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {rung.out_dir}/stdout.log)"
-            log.info("end   %s: %s in %.0fs", rung.label, outcome, time.monotonic() - started)
+            log.info("end   %s: %s", rung.label, _outcome(rung, proc.returncode))
+        raise
     return codes
+
+
+def _stopped_by_signal(rung: Rung, code: int) -> bool:
+    """Its process died of SIGTERM/SIGINT, or (a SLURM job's exit code says less) its result says so."""
+    result = read_result(rung.out_dir)
+    return was_interrupted(code) or (result is not None and result.get("status") == "interrupted")
+
+
+def _outcome(rung: Rung, code: int) -> str:
+    if code == 0:
+        return "ok"
+    what = "interrupted" if was_interrupted(code) else "FAILED"
+    return f"{what} (exit {code}, see {rung.out_dir}/stdout.log)"
 
 
 def _gpu_count() -> int:
@@ -229,20 +251,28 @@ def run_sweep(cfg: DictConfig) -> int:
     else:
         codes = launch_local(todo, passed_on, cfg.launcher, int(cfg.trainer.devices) if str(cfg.trainer.devices).isdigit() else 1)
     print(status_table(rungs))
-    failed = [r.label for r in rungs if status_of(r) == "failed" or codes.get(r.label, 0) != 0]
+    interrupted = [r.label for r in rungs if codes.get(r.label, 0) != 0 and _stopped_by_signal(r, codes[r.label])]
+    failed = [r.label for r in rungs if r.label not in interrupted
+              and (status_of(r) == "failed" or codes.get(r.label, 0) != 0)]
     if failed:
         print(f"roadmap.sweep: {len(failed)} rung(s) failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    if interrupted:
+        print(f"roadmap.sweep: {len(interrupted)} rung(s) interrupted (the same command resumes them): "
+              f"{', '.join(interrupted)}", file=sys.stderr)
+    return 1 if failed or interrupted else 0
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="sweep", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    raise_on_signals()
     try:
         code = run_sweep(cfg)
     except (SweepError, LadderError, ValueError) as error:
         print(f"roadmap.sweep: error: {error}", file=sys.stderr)
         code = 2
+    except Interrupted as stop:
+        print(f"roadmap.sweep: interrupted by {stop}; the same command resumes the sweep", file=sys.stderr)
+        exit_by_signal(stop.signum)
     if code:
         sys.exit(code)
 

@@ -218,6 +218,17 @@ def test_write_report(experiment_dir: Path, tmp_path: Path) -> None:
     assert (experiment_dir / "results.csv").is_file()  # collected on the way
 
 
+def test_a_failed_runs_reason_is_one_line_in_ladder_md(experiment_dir: Path, tmp_path: Path) -> None:
+    failed = _result("layer_norm", 0, None, status="failed")
+    failed["reason"] = "RuntimeError: first line\n" + "  File x.py, line 1\n" * 200
+    (experiment_dir / "r50" / "layer_norm" / "seed0").mkdir(parents=True)
+    (experiment_dir / "r50" / "layer_norm" / "seed0" / "result.json").write_text(json.dumps(failed))
+    report.write_report(experiment_dir, tmp_path / "out", ["png"])
+    lines = (tmp_path / "out" / "ladder.md").read_text().splitlines()
+    assert [line for line in lines if "failed:" in line] == ["- failed: `r50/layer_norm` seed 0: RuntimeError: first line"]
+    assert "x.py" not in "\n".join(lines)
+
+
 def test_write_report_without_runs(tmp_path: Path) -> None:
     written = report.write_report(tmp_path / "nothing", formats=["png"])
     assert (tmp_path / "nothing" / "report" / "ladder.png") in written

@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from roadmap.results import RESULT_FIELDS
+from roadmap.run import execute
+from tests.test_recipe import compose_run
 
 MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenette2-64-mini"
 SMOKE = ["experiment=smoke", f"data.root={MINI}"]
@@ -111,8 +114,6 @@ def test_corrupt_checkpoint_is_an_error_not_a_restart(smoke_run, tmp_path: Path)
 
 
 def test_checkpoint_loads_with_weights_only(smoke_run) -> None:
-    import torch
-
     out, _ = smoke_run
     state = torch.load(out / "smoke" / "r50" / "patchify_stem" / "seed0" / "last.ckpt", weights_only=True)
     assert state["global_step"] == 4
@@ -127,22 +128,35 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     assert result["global_batch"] == 2 * result["per_device_batch"] * result["accumulate"]
 
 
-def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
-    args = ["step=move_up_dwconv", *SMOKE, "recipe.epochs=6"]
+def _state_dict(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _start(args: list[str], out: Path, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "roadmap.run", *args, f"output_root={out}"], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+
+
+def test_killed_run_resumes_exactly_from_its_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL after an epoch's checkpoint, then the same command: the final weights equal an
+    uninterrupted run's bit for bit (RNG states and data order are restored with the checkpoint)."""
+    args = ["step=move_up_dwconv", *SMOKE, "recipe.epochs=6", "trainer.deterministic=true"]
     reference = run_cli(args, tmp_path / "uninterrupted", cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr[-2000:]
     expected_steps = result_of(tmp_path / "uninterrupted", "move_up_dwconv")["optimizer_steps"]
 
     out = tmp_path / "out"
     run_dir = out / "smoke" / "r50" / "move_up_dwconv" / "seed0"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "roadmap.run", *args, f"output_root={out}"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    deadline = time.time() + 300
-    while not (run_dir / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    proc = _start(args, out, tmp_path)
+    _wait_for(run_dir / "last.ckpt", proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "result.json").exists(), "the run finished before it could be killed"
@@ -152,6 +166,10 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     result = result_of(out, "move_up_dwconv")
     assert result["resumed_from_step"] and result["resumed_from_step"] > 0
     assert result["optimizer_steps"] == expected_steps
+    want = _state_dict(tmp_path / "uninterrupted" / "smoke" / "r50" / "move_up_dwconv" / "seed0" / "last.ckpt")
+    got = _state_dict(run_dir / "last.ckpt")
+    assert want.keys() == got.keys()
+    assert [k for k in want if not torch.equal(want[k], got[k])] == []
 
 
 def test_unknown_step_lists_valid_steps(tmp_path: Path) -> None:
@@ -199,3 +217,170 @@ def test_wandb_logger_runs_offline_without_an_api_key(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list((tmp_path / "out").rglob("offline-run-*")), "no offline wandb run directory"
+
+
+def copy_run(smoke_run, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the completed smoke run: (output root, run directory)."""
+    out = tmp_path / "out"
+    shutil.copytree(smoke_run[0], out)
+    return out, out / "smoke" / "r50" / "patchify_stem" / "seed0"
+
+
+def one_line(stderr: str) -> str:
+    """The run's message: one line, no traceback."""
+    lines = [line for line in stderr.splitlines() if line.startswith("roadmap.")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+def test_plain_progress_lines_when_stdout_is_not_a_terminal(smoke_run) -> None:
+    _, proc = smoke_run
+    assert "\r" not in proc.stdout + proc.stderr  # no progress bar in a log
+    assert "exists and is not empty" not in proc.stderr
+    progress = [line for line in proc.stdout.splitlines() if "img/s" in line and "batch 4/4" in line]
+    assert len(progress) == 2 and "loss" in progress[0]  # one per epoch here (4 batches < log_every_n_steps)
+
+
+def test_checkpoint_of_the_last_epoch_without_history_is_evaluated(smoke_run, tmp_path: Path) -> None:
+    """A last.ckpt copied in with no metrics.csv and no result: nothing to train, yet the result
+    holds the checkpointed model's accuracy, never a completed run with top-1 null."""
+    out, run_dir = copy_run(smoke_run, tmp_path)
+    expected = result_of(smoke_run[0], "patchify_stem")
+    (run_dir / "result.json").unlink()
+    (run_dir / "metrics.csv").unlink()
+    proc = run_cli(["step=patchify_stem", *SMOKE], out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = result_of(out, "patchify_stem")
+    assert result["status"] == "completed" and result["optimizer_steps"] == 4
+    assert (result["top1"], result["top5"], result["top1_ema"]) == (expected["top1"], expected["top5"], expected["top1_ema"])
+
+
+def test_halving_the_per_device_batch_resumes_the_same_run(smoke_run, tmp_path: Path) -> None:
+    """After an out-of-memory error the fix is trainer.per_device_batch=<half>: the same run (the
+    global batch is what it computes), finished from its history; the result records the new split."""
+    out, run_dir = copy_run(smoke_run, tmp_path)
+    expected = result_of(smoke_run[0], "patchify_stem")
+    (run_dir / "result.json").unlink()  # a crash between the last checkpoint and result.json
+    proc = run_cli(["step=patchify_stem", *SMOKE, "trainer.per_device_batch=4"], out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = result_of(out, "patchify_stem")
+    assert result["status"] == "completed" and result["top1"] == expected["top1"]
+    assert (result["per_device_batch"], result["accumulate"], result["global_batch"]) == (4, 4, 16)
+
+
+def test_checkpoint_of_another_run_is_refused(smoke_run, tmp_path: Path) -> None:
+    out, run_dir = copy_run(smoke_run, tmp_path)
+    for step, seed in (("patchify_stem", 1), ("gelu", 0)):  # another seed's, another rung's
+        other = out / "smoke" / "r50" / step / f"seed{seed}"
+        other.mkdir(parents=True)
+        shutil.copy(run_dir / "last.ckpt", other / "last.ckpt")
+        proc = run_cli([f"step={step}", *SMOKE, f"seed={seed}"], out, cwd=tmp_path)
+        assert proc.returncode == 2
+        line = one_line(proc.stderr)
+        assert "belongs to another run" in line and "seed=0" in line and "step=patchify_stem" in line
+        assert sorted(p.name for p in other.iterdir()) == ["last.ckpt"]
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("recipe.epochs=abc", "recipe.epochs='abc' must be an integer >= 1"),
+    ("recipe.epochs=-1", "recipe.epochs=-1 must be an integer >= 1"),
+    ("recipe.epochs=0", "recipe.epochs=0 must be an integer >= 1"),
+    ("recipe.global_batch=0", "recipe.global_batch=0 must be an integer >= 1"),
+    ("data.image_size=16", "data.image_size=16 is smaller than the rung's total stride 32"),
+    ("data.num_classes=100", "data.num_classes=100 but"),
+])
+def test_a_bad_value_is_one_line_and_writes_nothing(capsys, tmp_path: Path, override, says) -> None:
+    out = tmp_path / "out"
+    code = execute(compose_run("step=patchify_stem", *SMOKE, override, f"output_root={out}"))
+    assert code == 2
+    assert says in one_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+OOM_LIMIT = 6 * 2**30  # bytes of address space: enough to start, not for a batch of 16 at 1024 px
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (OOM_LIMIT, OOM_LIMIT))
+
+
+def test_out_of_memory_names_the_batch_to_use_and_leaves_the_directory_as_it_was(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["step=patchify_stem", *SMOKE, "data.image_size=1024", "trainer.per_device_batch=16", "recipe.epochs=1"]
+    proc = run_cli(args, out, cwd=tmp_path, preexec_fn=_limit_memory)
+    assert proc.returncode == 1
+    line = one_line(proc.stderr)
+    assert "out of memory at trainer.per_device_batch=16" in line and "trainer.per_device_batch=8" in line
+    assert not (out / "smoke").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_is_an_interruption_with_one_line_and_a_resumable_result(tmp_path: Path, signum) -> None:
+    """Ctrl-C, `timeout` and SLURM signal the whole process group, DataLoader workers included."""
+    out = tmp_path / "out"
+    run_dir = out / "smoke" / "r50" / "gelu" / "seed0"
+    proc = _start(["step=gelu", *SMOKE, "recipe.epochs=30", "data.num_workers=2"], out, tmp_path)
+    _wait_for(run_dir / "last.ckpt", proc)
+    os.killpg(proc.pid, signum)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == -signum
+    line = one_line(stderr)
+    assert f"interrupted by {signal.Signals(signum).name}; the same command resumes it from last.ckpt" in line
+    assert "python -m roadmap.run step=gelu" in line
+    assert result_of(out, "gelu")["status"] == "interrupted"
+    assert (run_dir / "last.ckpt").is_file() and not (run_dir / "running.json").exists()
+
+
+def test_a_forced_rerun_that_stops_keeps_the_completed_result(smoke_run, tmp_path: Path) -> None:
+    out, run_dir = copy_run(smoke_run, tmp_path)
+    kept = {name: (run_dir / name).read_bytes() for name in ("result.json", "metrics.csv", "last.ckpt", "config.yaml")}
+    proc = _start(["step=patchify_stem", *SMOKE, "force=true"], out, tmp_path)
+    _wait_for(run_dir / "rerun" / "last.ckpt", proc)  # the rerun's first epoch is done
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGTERM
+    assert "result.json" in one_line(stderr) and "is kept" in one_line(stderr)
+    assert {name: (run_dir / name).read_bytes() for name in kept} == kept
+    again = run_cli(["step=patchify_stem", *SMOKE], out, cwd=tmp_path)
+    assert again.returncode == 0 and "skipping" in again.stdout + again.stderr
+
+
+def _mount_tmpfs(path: Path, options: str) -> None:
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("needs to mount a tmpfs (root)")
+
+
+@pytest.fixture()
+def mounts(tmp_path: Path):
+    mounted: list[Path] = []
+
+    def mount(name: str, options: str) -> Path:
+        _mount_tmpfs(tmp_path / name, options)
+        mounted.append(tmp_path / name)
+        return tmp_path / name
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_full_disk_loses_nothing_and_says_so_in_one_line(smoke_run, tmp_path: Path, mounts) -> None:
+    checkpoint = (smoke_run[0] / "smoke" / "r50" / "patchify_stem" / "seed0" / "last.ckpt").stat().st_size
+    out = mounts("full", f"size={int(checkpoint * 1.5) // 1024}k")  # room for one checkpoint, not for two
+    proc = run_cli(["step=patchify_stem", *SMOKE], out, cwd=tmp_path)
+    assert proc.returncode == 1
+    run_dir = out / "smoke" / "r50" / "patchify_stem" / "seed0"
+    line = one_line(proc.stderr)
+    assert f"cannot write {run_dir / 'last.ckpt'}" in line and "No space left on device" in line and "is whole" in line
+    assert torch.load(run_dir / "last.ckpt", weights_only=True)["global_step"] == 2  # epoch 0's, whole
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".last.ckpt")]  # no temporary left
+
+
+def test_read_only_output_root_is_one_line(tmp_path: Path, mounts) -> None:
+    out = mounts("ro", "ro")
+    proc = run_cli(["step=patchify_stem", *SMOKE], out, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Read-only file system" in one_line(proc.stderr) and str(out) in one_line(proc.stderr)

@@ -82,6 +82,42 @@ def test_failed_rung_does_not_stop_the_others(tmp_path: Path) -> None:
     assert json.loads((out / "smoke" / "r50" / "layer_norm" / "seed0" / "result.json").read_text())["status"] == "completed"
 
 
+def test_a_rung_stopped_by_sigterm_is_interrupted_not_ok(tmp_path: Path) -> None:
+    """SIGTERM to a rung mid-training (as `timeout` or SLURM sends it): the rung stops with one line
+    and a resumable `interrupted` result; the sweep logs it as interrupted and exits non-zero."""
+    out = tmp_path / "out"
+    run_dir = out / "smoke" / "r50" / "gelu" / "seed0"
+    args = ["+roadmap=all", "roadmap.steps=[gelu]", *SMOKE, "recipe.epochs=30", f"output_root={out}"]
+    sweep = subprocess.Popen([sys.executable, "-m", "roadmap.sweep", *args], cwd=tmp_path, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    while not (run_dir / "last.ckpt").exists() and sweep.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(json.loads((run_dir / "running.json").read_text())["pid"], signal.SIGTERM)
+    _, stderr = sweep.communicate(timeout=600)
+    assert sweep.returncode == 1
+    assert "1 rung(s) interrupted (the same command resumes them): r50/gelu/seed0" in stderr
+    assert "end   r50/gelu/seed0: interrupted" in (out / "smoke" / "sweep.log").read_text()
+    rung_log = (run_dir / "stdout.log").read_text()
+    assert "Traceback" not in rung_log
+    assert [line for line in rung_log.splitlines() if line.startswith("roadmap.run")] == [
+        "roadmap.run: interrupted by SIGTERM; the same command resumes it from last.ckpt: "
+        f"python -m roadmap.run {' '.join(args[2:])} regime=r50 step=gelu seed=0"]
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "interrupted"
+
+
+def test_invalid_result_json_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    run_dir = tmp_path / "smoke" / "r50" / "gelu" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "result.json").write_text('{"status": "comp')
+    for module, args in (("roadmap.collect", ["experiment=smoke"]),
+                         ("roadmap.status", ["+roadmap=all", "roadmap.steps=[gelu]", *SMOKE])):
+        proc = cli(module, [*args, f"output_root={tmp_path}"], tmp_path)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
+        assert f"{run_dir / 'result.json'} is not valid JSON" in proc.stderr
+
+
 def test_sweep_without_a_preset_lists_the_presets(tmp_path: Path) -> None:
     proc = cli("roadmap.sweep", [*SMOKE, f"output_root={tmp_path}"], tmp_path)
     assert proc.returncode == 2
