@@ -1,0 +1,157 @@
+"""Where the images come from: ImageFolder layouts (imagenet, imagenette with its download),
+torchvision CIFAR, and seeded synthetic tensors."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import datasets
+from torchvision.datasets.folder import pil_loader
+
+from roadmap.data.errors import DataError
+
+DATASETS = ("imagenet", "imagenette", "cifar10", "cifar100", "synthetic")
+
+# Folder that torchvision.datasets.Imagenette extracts into `root`, per `size`.
+IMAGENETTE_FOLDERS = {"full": "imagenette2", "320px": "imagenette2-320", "160px": "imagenette2-160"}
+
+CIFAR = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
+
+class SyntheticImages(Dataset):
+    """Deterministic random images, already normalized (no transform is applied to them).
+
+    Image i is zero-mean, unit-variance uniform noise from a generator seeded by (seed, split, i),
+    plus a per-class colour offset (seeded by `seed`, shared by the splits) so that the labels are
+    learnable; label i is i % num_classes.
+    """
+
+    def __init__(self, size: int, num_classes: int, image_size: int, seed: int, split: int) -> None:
+        self.size = size
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.seed = seed
+        self.split = split
+        colors = np.random.default_rng([seed]).standard_normal((num_classes, 3, 1, 1), dtype=np.float32)
+        self.class_colors = torch.from_numpy(colors)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        # numpy's SeedSequence mixes all of (seed, split, index); torch's CPU generator keeps only 32 bits.
+        rng = np.random.default_rng([self.seed, self.split, index])
+        # Uniform, not normal: 4x cheaper to draw (~0.35 ms for a 224px image).
+        noise = torch.from_numpy(rng.random((3, self.image_size, self.image_size), dtype=np.float32))
+        label = index % self.num_classes
+        return (noise - 0.5) * math.sqrt(12) + self.class_colors[label], label
+
+
+def image_folder(split_dir: Path, transform: Any) -> datasets.ImageFolder:
+    """An ImageFolder over `split_dir` (RGB images); a DataError when it has no classes or an empty class."""
+    try:
+        # pil_loader converts to RGB: some ImageNet/Imagenette JPEGs are grayscale (mode L) or CMYK.
+        dataset = datasets.ImageFolder(str(split_dir), transform=transform, loader=pil_loader, allow_empty=True)
+    except FileNotFoundError as err:
+        raise DataError(
+            f"data.root: {split_dir} holds no class folders ({err}); expected {split_dir}/<class>/<image>."
+        ) from err
+    counts = Counter(dataset.targets)
+    empty = [str(split_dir / name) for name, idx in dataset.class_to_idx.items() if counts[idx] == 0]
+    if empty:
+        raise DataError(
+            f"data.root: class folder(s) without images: {', '.join(empty)}; every class folder under "
+            f"{split_dir} must hold at least one image (.jpg, .jpeg, .png, ...)."
+        )
+    return dataset
+
+
+_ROOT_HELP = (
+    "or set ROADMAP_DATA_DIR to the directory that holds the dataset folder (data.root defaults to "
+    "${ROADMAP_DATA_DIR}/<dataset folder>, see conf/data/; ROADMAP_DATA_DIR defaults to ./data)."
+)
+
+
+def _show(root: Path) -> str:
+    """`root` as configured, plus where it points when relative (to the working directory)."""
+    return repr(str(root)) if root.is_absolute() else f"{str(root)!r} (= {root.resolve()})"
+
+
+def _missing_folder_message(name: str, root: Path, extra: str = "") -> str:
+    return (
+        f"data.root={_show(root)} holds no {name} copy: expected {root}/train/<class>/<image> and "
+        f"{root}/val/<class>/<image>.{extra} Point data.root at a folder that has train/ and val/, {_ROOT_HELP}"
+    )
+
+
+def _has_splits(root: Path) -> bool:
+    return (root / "train").is_dir() and (root / "val").is_dir()
+
+
+def locate_image_folder(data_cfg: Mapping[str, Any]) -> Path:
+    """The folder holding train/ and val/ for imagenet or imagenette; downloads Imagenette when
+    `data.download` and no copy is found."""
+    name = data_cfg["name"]
+    root = Path(data_cfg["root"]).expanduser()
+    if _has_splits(root):
+        return root
+    if name == "imagenet":
+        raise DataError(_missing_folder_message("ImageNet", root, " ImageNet is never downloaded."))
+
+    size = str(data_cfg.get("download_size", "160px"))
+    if size not in IMAGENETTE_FOLDERS:
+        raise DataError(
+            f"data.download_size={size!r} is not an Imagenette size; use one of {tuple(IMAGENETTE_FOLDERS)}."
+        )
+    extracted = root / IMAGENETTE_FOLDERS[size]
+    if _has_splits(extracted):
+        return extracted
+    if not data_cfg.get("download", True):
+        raise DataError(
+            _missing_folder_message(
+                "Imagenette", root, f" Nor does {extracted}; data.download=false, so nothing was downloaded."
+            )
+        )
+    try:
+        datasets.Imagenette(str(root), split="train", size=size, download=True)
+    except Exception as err:  # offline, DNS, HTTP, checksum: all mean "no copy here"
+        raise DataError(
+            _missing_folder_message(
+                "Imagenette",
+                root,
+                f" Downloading Imagenette ({size}) into it failed ({type(err).__name__}: {err}); on a machine "
+                f"with network access, torchvision.datasets.Imagenette('{root}', size='{size}', download=True) "
+                f"fetches it (into {extracted}), then copy it here.",
+            )
+        ) from err
+    if not _has_splits(extracted):
+        raise DataError(f"data.root={_show(root)}: the Imagenette download did not produce {extracted}/train, /val.")
+    return extracted
+
+
+def cifar(data_cfg: Mapping[str, Any], train: bool, transform: Any) -> Dataset:
+    name = data_cfg["name"]
+    root = Path(data_cfg["root"]).expanduser()
+    download = bool(data_cfg.get("download", True))
+    try:
+        return CIFAR[name](str(root), train=train, transform=transform, download=download)
+    except Exception as err:
+        how = (
+            f"downloading it there failed ({type(err).__name__}: {err}); on a machine with network access "
+            f"torchvision.datasets.{CIFAR[name].__name__}('{root}', download=True) fetches it, then copy it here"
+            if download
+            else "data.download=false, so nothing was downloaded; set data.download=true when online"
+        )
+        raise DataError(
+            f"data.root={_show(root)} holds no valid {name} copy (torchvision's python-pickle batches); {how}. "
+            f"Point data.root at an existing copy, {_ROOT_HELP}"
+        ) from err
+
+
