@@ -214,6 +214,7 @@ def train(plan: RunPlan, resume: bool) -> dict[str, Any] | None:
         "lr": module.lr,
         "wall_s": round(wall, 2),
         "train_img_per_s": metrics.mean_img_per_s(),
+        "skipped_images": len(datamodule.skipped_images()),  # unreadable, per data.on_bad_image
         "resumed_from_step": metrics.resumed_from_step,
     }
 

@@ -2,6 +2,7 @@
 torchvision CIFAR, and seeded synthetic tensors."""
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -16,12 +17,15 @@ from torchvision.datasets.folder import pil_loader
 
 from roadmap.data.errors import DataError
 
+log = logging.getLogger("roadmap.data")
+
 DATASETS = ("imagenet", "imagenette", "cifar10", "cifar100", "synthetic")
 
 # Folder that torchvision.datasets.Imagenette extracts into `root`, per `size`.
 IMAGENETTE_FOLDERS = {"full": "imagenette2", "320px": "imagenette2-320", "160px": "imagenette2-160"}
 
 CIFAR = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
+
 
 class SyntheticImages(Dataset):
     """Deterministic random images, already normalized (no transform is applied to them).
@@ -54,11 +58,62 @@ class SyntheticImages(Dataset):
         return (noise - 0.5) * math.sqrt(12) + self.class_colors[label], label
 
 
-def image_folder(split_dir: Path, transform: Any) -> datasets.ImageFolder:
+BAD_IMAGE_POLICIES = ("skip", "error")
+
+
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def bad_image(path: str, reason: str, on_bad_image: str) -> None:
+    """An unreadable image: a DataError naming it under data.on_bad_image=error, else one log line."""
+    if on_bad_image == "error":
+        raise DataError(
+            f"cannot read image {path} ({reason}); data.on_bad_image=skip skips unreadable images "
+            "(named in the log, counted in result.json)."
+        )
+    log.warning("skipping unreadable image %s (%s)", path, reason)
+
+
+class CheckedImageFolder(datasets.ImageFolder):
+    """An ImageFolder whose unreadable images (corrupt, truncated, empty) follow `on_bad_image`:
+    "error" raises a DataError naming the file; "skip" logs the file once per process, marks it (in
+    shared memory, so that loader workers' marks reach the main process) and serves the next
+    readable image in its place, which keeps the batch size."""
+
+    def __init__(self, root: str, transform: Any, on_bad_image: str) -> None:
+        # pil_loader converts to RGB: some ImageNet/Imagenette JPEGs are grayscale (mode L) or CMYK.
+        super().__init__(root, transform=transform, loader=pil_loader, allow_empty=True)
+        self.on_bad_image = on_bad_image
+        self.bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+
+    @property
+    def skipped(self) -> list[str]:
+        return [self.samples[i][0] for i in self.bad.nonzero().flatten().tolist()]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        for step in range(len(self)):
+            i = (index + step) % len(self)
+            path, label = self.samples[i]
+            try:
+                image = self.loader(path)
+            except Exception as error:  # noqa: BLE001 - any unreadable image, per on_bad_image
+                if not self.bad[i]:
+                    self.bad[i] = True
+                    bad_image(path, describe(error), self.on_bad_image)
+                continue
+            if self.transform is not None:
+                image = self.transform(image)
+            if self.target_transform is not None:
+                label = self.target_transform(label)
+            return image, label
+        raise DataError(f"data.root: no image under {self.root} can be read")
+
+
+def image_folder(split_dir: Path, transform: Any, on_bad_image: str = "skip") -> CheckedImageFolder:
     """An ImageFolder over `split_dir` (RGB images); a DataError when it has no classes or an empty class."""
     try:
-        # pil_loader converts to RGB: some ImageNet/Imagenette JPEGs are grayscale (mode L) or CMYK.
-        dataset = datasets.ImageFolder(str(split_dir), transform=transform, loader=pil_loader, allow_empty=True)
+        dataset = CheckedImageFolder(str(split_dir), transform, on_bad_image)
     except FileNotFoundError as err:
         raise DataError(
             f"data.root: {split_dir} holds no class folders ({err}); expected {split_dir}/<class>/<image>."
