@@ -262,6 +262,17 @@ def test_split_without_class_folders(tmp_path: Path) -> None:
     assert str(tmp_path / "val") in str(err.value)
 
 
+def test_flat_val_folder_is_explained(tmp_path: Path) -> None:
+    write_images(tmp_path / "train" / "n01440764", 2, ".JPEG")
+    write_images(tmp_path / "val", 2, ".JPEG")  # ILSVRC2012_img_val.tar unpacked as it is
+    cfg = make_cfg("imagenet", **{"data.root": str(tmp_path), "data.num_classes": 1})
+    with pytest.raises(DataError) as err:
+        build_datamodule(cfg, per_device_batch=2).setup("fit")
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "val") in message and "flat ImageNet val/" in message
+    assert f"torchvision.datasets.ImageNet('{tmp_path}', split='val')" in message
+
+
 def test_num_classes_mismatch(mini_data: Path) -> None:
     cfg = make_cfg("imagenette", **{"data.root": str(mini_data), "data.num_classes": 1000})
     with pytest.raises(DataError, match=r"data.num_classes=1000 .* 10 classes"):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import datasets
-from torchvision.datasets.folder import pil_loader
+from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 
 from roadmap.data.errors import DataError
 
@@ -112,6 +112,15 @@ class CheckedImageFolder(datasets.ImageFolder):
 
 def image_folder(split_dir: Path, transform: Any, on_bad_image: str = "skip") -> CheckedImageFolder:
     """An ImageFolder over `split_dir` (RGB images); a DataError when it has no classes or an empty class."""
+    if split_dir.is_dir() and any(f.suffix.lower() in IMG_EXTENSIONS for f in split_dir.iterdir() if f.is_file()):
+        root = split_dir.parent
+        raise DataError(
+            f"data.root: {split_dir} holds images directly, not in class folders (a flat ImageNet val/, as "
+            f"ILSVRC2012_img_val.tar unpacks); move it aside, put ILSVRC2012_img_val.tar and "
+            f"ILSVRC2012_devkit_t12.tar.gz in {root} and run python -c \"import torchvision; "
+            f"torchvision.datasets.ImageNet('{root}', split='{split_dir.name}')\", which writes "
+            f"{split_dir}/<wnid>/<image>."
+        )
     try:
         dataset = CheckedImageFolder(str(split_dir), transform, on_bad_image)
     except FileNotFoundError as err:
