@@ -273,6 +273,53 @@ def test_flat_val_folder_is_explained(tmp_path: Path) -> None:
     assert f"torchvision.datasets.ImageNet('{tmp_path}', split='val')" in message
 
 
+def write_fake_imagenet_archives(root: Path, wnids: list[str], per_class: int) -> list[str]:
+    """torchvision.datasets.ImageNet's layout in small: devkit (meta.mat, val ground truth), a train tar of
+    per-class tars, a flat val tar. Returns the val images' wnids, in file order."""
+    import scipy.io
+    import tarfile
+
+    work = root / "work"
+    devkit = work / "ILSVRC2012_devkit_t12" / "data"
+    devkit.mkdir(parents=True)
+    fields = [(name, "O") for name in ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children")]
+    synsets = np.array([(i + 1, wnid, f"class {i}", "", 0) for i, wnid in enumerate(wnids)], dtype=fields)
+    scipy.io.savemat(devkit / "meta.mat", {"synsets": synsets})
+    val_wnids = [wnids[i % len(wnids)] for i in range(per_class * len(wnids))]
+    (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{wnids.index(w) + 1}\n" for w in val_wnids))
+    with tarfile.open(root / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tar:
+        tar.add(work / "ILSVRC2012_devkit_t12", "ILSVRC2012_devkit_t12")
+    with tarfile.open(root / "ILSVRC2012_img_train.tar", "w") as train:
+        for wnid in wnids:
+            write_images(work / wnid, per_class, ".JPEG")
+            with tarfile.open(work / f"{wnid}.tar", "w") as inner:
+                for image in sorted((work / wnid).iterdir()):
+                    inner.add(image, f"{wnid}_{image.name}")
+            train.add(work / f"{wnid}.tar", f"{wnid}.tar")
+    write_images(work / "val", len(val_wnids), ".JPEG")
+    with tarfile.open(root / "ILSVRC2012_img_val.tar", "w") as val:
+        for i, image in enumerate(sorted((work / "val").iterdir(), key=lambda p: int(p.stem[3:]))):
+            val.add(image, f"ILSVRC2012_val_{i + 1:08d}.JPEG")
+    shutil.rmtree(work)
+    return val_wnids
+
+
+def test_imagenet_archives_are_extracted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets.imagenet
+
+    wnids = ["n01440764", "n02102040", "n02979186"]
+    val_wnids = write_fake_imagenet_archives(tmp_path, wnids, per_class=2)
+    monkeypatch.setattr(torchvision.datasets.imagenet, "_verify_archive", lambda *args: None)  # fakes: no real md5
+    cfg = make_cfg("imagenet", **{"data.root": str(tmp_path), "data.num_classes": 3, "data.num_workers": 0})
+    dm = build_datamodule(cfg, per_device_batch=2)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.train_set.classes == dm.val_set.classes == wnids and len(dm.train_set) == 6
+    by_file = {Path(path).name: wnids[label] for path, label in dm.val_set.samples}
+    assert [by_file[f"ILSVRC2012_val_{i + 1:08d}.JPEG"] for i in range(6)] == val_wnids
+    assert not list(tmp_path.glob(".*.partial"))
+
+
 def test_num_classes_mismatch(mini_data: Path) -> None:
     cfg = make_cfg("imagenette", **{"data.root": str(mini_data), "data.num_classes": 1000})
     with pytest.raises(DataError, match=r"data.num_classes=1000 .* 10 classes"):

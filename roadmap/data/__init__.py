@@ -3,7 +3,8 @@
 
 `build_datamodule(cfg, per_device_batch)` is the entry point. Datasets, by `data.name`:
 
-- imagenet:   ImageFolder `<data.root>/train` and `<data.root>/val`; never downloaded.
+- imagenet:   ImageFolder `<data.root>/train` and `<data.root>/val`; never downloaded. When data.root
+              holds torchvision's ImageNet archives + devkit instead, they are extracted there once.
 - imagenette: the same layout; when `data.root` holds no copy, torchvision's Imagenette archive
               (`data.download_size`) is downloaded into `data.root` and its extracted folder used.
 - cifar10, cifar100: torchvision CIFAR, downloaded into `data.root` when `data.download`.

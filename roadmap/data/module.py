@@ -94,14 +94,14 @@ class RoadmapDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         name = self.data_cfg["name"]
         if name in ("imagenet", "imagenette"):
-            build_datasets(self.data_cfg, self.augment_cfg)  # downloads, and decodes into the cache once
+            # Downloads Imagenette when asked, and decodes into the in-memory cache once per node.
+            self.train_set, self.val_set = build_datasets(self.data_cfg, self.augment_cfg)
         elif name in CIFAR and self.data_cfg.get("download", True):
             cifar(self.data_cfg, train=True, transform=None)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        self.train_set, self.val_set = build_datasets(self.data_cfg, self.augment_cfg)
+        if self.train_set is None:  # prepare_data ran in another process, or not at all
+            self.train_set, self.val_set = build_datasets(self.data_cfg, self.augment_cfg)
         world = self.trainer.world_size if self.trainer is not None else 1
         if len(self.train_set) < self.per_device_batch * world:
             raise DataError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,9 @@ DATASETS = ("imagenet", "imagenette", "cifar10", "cifar100", "synthetic")
 
 # Folder that torchvision.datasets.Imagenette extracts into `root`, per `size`.
 IMAGENETTE_FOLDERS = {"full": "imagenette2", "320px": "imagenette2-320", "160px": "imagenette2-160"}
+
+# torchvision.datasets.ImageNet's layout: the official archives and devkit side by side.
+IMAGENET_ARCHIVES = ("ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 CIFAR = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
 
@@ -159,6 +163,26 @@ def _has_splits(root: Path) -> bool:
     return (root / "train").is_dir() and (root / "val").is_dir()
 
 
+def extract_imagenet(root: Path) -> None:
+    """The official archives + devkit in `root` -> root/train/<wnid>/ and root/val/<wnid>/, once, with
+    torchvision's ImageNet parsers (which check the archives' md5 first)."""
+    from torchvision.datasets import imagenet
+
+    log.info("extracting the ImageNet archives in %s into train/ and val/ (once)", root)
+    try:
+        if not (root / imagenet.META_FILE).is_file():
+            imagenet.parse_devkit_archive(str(root))
+        for split, parse in (("train", imagenet.parse_train_archive), ("val", imagenet.parse_val_archive)):
+            if (root / split).is_dir():
+                continue
+            partial = root / f".{split}.partial"  # renamed when complete: a crash never leaves half a split
+            shutil.rmtree(partial, ignore_errors=True)
+            parse(str(root), folder=partial.name)
+            partial.rename(root / split)
+    except RuntimeError as err:  # torchvision: an archive is missing or corrupt (md5)
+        raise DataError(f"data.root={_show(root)}: {err}") from err
+
+
 def locate_image_folder(data_cfg: Mapping[str, Any]) -> Path:
     """The folder holding train/ and val/ for imagenet or imagenette; downloads Imagenette when
     `data.download` and no copy is found."""
@@ -167,7 +191,13 @@ def locate_image_folder(data_cfg: Mapping[str, Any]) -> Path:
     if _has_splits(root):
         return root
     if name == "imagenet":
-        raise DataError(_missing_folder_message("ImageNet", root, " ImageNet is never downloaded."))
+        if all((root / archive).is_file() for archive in IMAGENET_ARCHIVES):
+            extract_imagenet(root)
+            return root
+        raise DataError(_missing_folder_message(
+            "ImageNet", root, " ImageNet is never downloaded; torchvision's ImageNet archives in it "
+            f"({', '.join(IMAGENET_ARCHIVES)}) are extracted there once."
+        ))
 
     size = str(data_cfg.get("download_size", "160px"))
     if size not in IMAGENETTE_FOLDERS:
