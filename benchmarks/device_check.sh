@@ -9,12 +9,13 @@
 # on each data path (JPEG decode per epoch, in memory), and the GPU-marked tests (pytest -m gpu).
 # Without CUDA the GPU parts are marked "not run" (--tiny runs them on the CPU, to try the script). Each part has a time cap, runs in its own process
 # group (killed with it, loader workers included) and writes $OUT/<part>.log; a failing part does
-# not stop the others. $OUT defaults to ./device_check_out.
+# not stop the others. $OUT defaults to ./device_check_out; CAP_SCALE multiplies every cap.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TINY=0
 [[ "${1:-}" == "--tiny" ]] && TINY=1
 OUT="${OUT:-$PWD/device_check_out}"
+CAP_SCALE="${CAP_SCALE:-1}"  # e.g. 5 for --tiny on a slow or shared CPU: the caps are sized for the GPU machine
 mkdir -p "$OUT"
 [[ -f .device/env.sh ]] && source .device/env.sh
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE="${WANDB_MODE:-disabled}"
@@ -28,8 +29,8 @@ row() {  # part status seconds figure
   echo "[device_check] $1: $2 (${3}s)" >&2
 }
 
-part() {  # name cap_seconds command...: run it capped, in its own process group
-  local name=$1 cap=$2 start=$SECONDS rc status
+part() {  # name cap_seconds command...: run it capped (x CAP_SCALE), in its own process group
+  local name=$1 cap=$(($2 * CAP_SCALE)) start=$SECONDS rc status
   shift 2
   setsid timeout -k 10 "$cap" "$@" > "$OUT/$name.log" 2>&1 &
   local pid=$!
@@ -65,7 +66,8 @@ EOF
 
 if [[ $TINY == 1 ]]; then
   DEV=(--device cpu --precision fp32)
-  STEP=(--sizes 32 --rungs endpoints --batch 2 --steps 1 --ref-steps 1 --warmup 0 --formats channels_last)
+  STEP=(--sizes 32 --rungs resnet50 --width-mult 0.25 --num-classes 10 --batch 2 --steps 1 --warmup 0
+        --formats channels_last)
   LOOP=(--steps 2 --trials 1 --batch 8)
   PIPE=(--images 8 --chunk 4 --rounds 2 --source-size 96 --sizes 64,96)
   MAIN=(experiment=smoke "data.root=${ROADMAP_DATA_DIR:-../shared/data}/imagenette2-64-mini" recipe.epochs=1
