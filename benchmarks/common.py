@@ -78,6 +78,19 @@ def csv_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def load_recipe(name: str, batch: int) -> dict[str, Any]:
+    """conf/recipe/<name>.yaml merged onto its `defaults` (proxy extends paper; paper has none),
+    global batch = `batch`."""
+    from omegaconf import OmegaConf
+
+    folder = REPO / "conf" / "recipe"
+    cfg = OmegaConf.load(folder / f"{name}.yaml")
+    bases = [b for b in cfg.pop("defaults", []) if b != "_self_"]
+    recipe = OmegaConf.to_container(OmegaConf.merge(*[OmegaConf.load(folder / f"{b}.yaml") for b in bases], cfg), resolve=True)
+    recipe["global_batch"] = batch
+    return recipe
+
+
 # --------------------------------------------------------------------------------------------
 # Environment
 

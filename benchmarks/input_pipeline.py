@@ -32,10 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
-from common import REPO, environment, print_table, verdict
+from common import REPO, environment, load_recipe, print_table, verdict
 
 from roadmap.data import build_train_transform  # noqa: E402
 from torchvision.datasets.folder import pil_loader  # noqa: E402
@@ -106,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source-size", type=int, default=224, help="side of the upscaled JPEGs for sizes > 64")
     parser.add_argument("--chunk", type=int, default=100, help="images per timed chunk")
     parser.add_argument("--rounds", type=int, default=40, help="chunks per pipeline and size")
-    parser.add_argument("--recipe", default="paper", help="conf/recipe/<name>.yaml for the augmentation (default paper)")
+    parser.add_argument("--recipe", default="paper", choices=("paper", "proxy"),
+                        help="conf/recipe/<name>.yaml for the augmentation (default paper)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    aug_cfg = OmegaConf.load(REPO / "conf" / "recipe" / f"{args.recipe}.yaml").augment
-    aug = OmegaConf.to_container(aug_cfg, resolve=True)
+    aug = load_recipe(args.recipe, 128)["augment"]
     print("# training input pipeline: decode + transform, images/s per worker (1 process, 1 thread)")
     for line in environment(torch.device("cpu"), args):
         print(f"# {line}")

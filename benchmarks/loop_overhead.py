@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
-from common import REPO, add_device_args, autocast, interleave, print_header, print_table, quiet, setup_device, sync, verdict
+from common import (
+    add_device_args, autocast, interleave, load_recipe, print_header, print_table, quiet, setup_device, sync, verdict,
+)
 
 import lightning as L  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
@@ -69,18 +70,6 @@ class Batches:
 
     def __getitem__(self, index):  # noqa: ANN001, ANN204
         return self.batches[index]
-
-
-def load_recipe(name: str, batch: int) -> dict[str, Any]:
-    """conf/recipe/<name>.yaml with its `defaults` (proxy extends paper), global batch = `batch`."""
-    folder = REPO / "conf" / "recipe"
-    cfg = OmegaConf.load(folder / f"{name}.yaml")
-    bases = [b for b in OmegaConf.to_container(cfg.get("defaults", [])) if b != "_self_"]
-    merged = OmegaConf.merge(*[OmegaConf.load(folder / f"{b}.yaml") for b in bases], cfg)
-    merged.pop("defaults", None)
-    recipe = OmegaConf.to_container(merged, resolve=True)
-    recipe["global_batch"] = batch
-    return recipe
 
 
 class BatchTimes(L.Callback):

@@ -184,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     specs = models(rungs, not args.no_references)
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # workers side by side: memory is per process
         procs = list(pool.map(run, specs))
+    failed = 0
     for spec, proc in zip(specs, procs):
         if proc.returncode:
             print(f"# {label(spec)}: worker failed ({proc.returncode}):\n{proc.stderr[-2000:]}", file=sys.stderr)
+            failed += 1
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         r["peak"] = r["resident"] + r["step_peak"]
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(cmp, ["ours", "reference", "peak ours/ref", "step peak ours/ref"],
                     {"peak ours/ref": 3, "step peak ours/ref": 3})
     print(f"# total {time.perf_counter() - start:.0f} s")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 separately, of its EMA (the paper's rung numbers are without EMA)."""
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import MulticlassAccuracy
 
 from roadmap.recipe import build_mixup, build_optimizer, build_schedule, build_train_loss, scaled_lr
+
+log = logging.getLogger("roadmap.module")
+
+# Warn (once per fit) when the train step waited on the loader for more than this share of an epoch.
+DATA_WAIT_WARNING = 0.2
 
 
 def ema_update(decay: float, warmup: bool) -> Callable[..., None]:
@@ -72,7 +78,10 @@ class Classifier(L.LightningModule):
         )
         self.train_images = 0  # this process's, since the last epoch start
         self.train_seconds = 0.0
+        self.data_wait_seconds = 0.0  # from one batch's end to the next one's start (the loader)
         self._batch_start = 0.0
+        self._batch_end: float | None = None
+        self._warned_data_wait = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -81,10 +90,24 @@ class Classifier(L.LightningModule):
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def on_train_epoch_start(self) -> None:
-        self.train_images, self.train_seconds = 0, 0.0
+        self.train_images, self.train_seconds, self.data_wait_seconds = 0, 0.0, 0.0
+        self._batch_end = None  # the first batch's wait includes starting the workers: not counted
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batch_start = time.perf_counter()
+        if self._batch_end is not None:
+            self.data_wait_seconds += self._batch_start - self._batch_end
+
+    def on_train_epoch_end(self) -> None:
+        total = self.data_wait_seconds + self.train_seconds
+        if not self._warned_data_wait and total > 0 and self.data_wait_seconds / total > DATA_WAIT_WARNING:
+            self._warned_data_wait = True
+            workers = getattr(self.trainer.train_dataloader, "num_workers", "?")
+            log.warning(
+                "the train step waited on data for %.0f%% of epoch %d (%d loader workers): the input pipeline "
+                "is the bottleneck; try more data.num_workers, or data.in_memory=true for a small set",
+                100 * self.data_wait_seconds / total, self.current_epoch, workers,
+            )
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = self._images(batch[0]), batch[1]
@@ -99,7 +122,8 @@ class Classifier(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.train_seconds += time.perf_counter() - self._batch_start
+        self._batch_end = time.perf_counter()
+        self.train_seconds += self._batch_end - self._batch_start
         self.train_images += len(batch[0])
         world = self.trainer.world_size
         self.log("img_per_s", world * self.train_images / max(self.train_seconds, 1e-9), prog_bar=True)

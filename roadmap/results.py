@@ -24,14 +24,15 @@ RESULT_FIELDS = [
     "params", "gmacs", "gmacs_224", "image_size", "dataset", "num_classes",
     "epochs", "optimizer_steps", "global_batch", "per_device_batch", "accumulate", "devices",
     "num_nodes", "sync_batchnorm", "precision", "channels_last", "lr", "lr_scaled",
-    "wall_s", "train_img_per_s", "resumed_from_step", "git_commit", "config_hash",
+    "wall_s", "train_img_per_s", "skipped_images", "resumed_from_step", "git_commit", "config_hash",
     "torch_version", "hostname", "finished_at",
 ]
 
 # Keys that do not change what a run computes: moving data or outputs, logging, rerun flags, and
 # how the global batch is executed (per-device batch x accumulation; result.json records both).
 UNHASHED_KEYS = ["output_root", "output_dir", "force", "logger", "data.root", "data.num_workers", "trainer.compile",
-    "trainer.channels_last", "trainer.diagnostics", "trainer.per_device_batch",
+    "trainer.channels_last", "trainer.diagnostics", "trainer.per_device_batch", "data.in_memory", "data.cache_dir",
+    "data.on_bad_image",
 ]
 
 

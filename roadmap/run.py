@@ -312,6 +312,7 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
         "lr": module.lr,
         "wall_s": round(wall, 2),
         "train_img_per_s": round(sum(speeds) / len(speeds), 2) if speeds else None,
+        "skipped_images": len(parts.datamodule.skipped_images()),  # unreadable, per data.on_bad_image
         "resumed_from_step": state.loaded_step or None,
     }
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,11 @@ def ladder_rows(shared_dir: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="session")
 def mini_data(shared_dir: Path) -> Path:
     return shared_dir / "data" / "imagenette2-64-mini"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def decoded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data.in_memory's cache (when the data folder is read-only) goes to a temporary folder, not ~/.cache."""
+    folder = tmp_path_factory.mktemp("xdg_cache")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    return folder

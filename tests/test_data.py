@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import csv
+import logging
+import os
+import random
+import shutil
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision.datasets.cifar
@@ -15,9 +20,12 @@ from timm.data import create_transform
 from timm.data.transforms import RandomResizedCropAndInterpolation
 from torch.utils.data import RandomSampler, SequentialSampler
 from torchvision import transforms
+from torchvision.datasets.folder import pil_loader
 from torchvision.transforms import functional as F
 
-from roadmap.data import DataError, build_datamodule, build_eval_transform, build_train_transform
+from roadmap.data import DataError, build_datamodule, build_eval_transform, build_train_transform, memory
+from roadmap.data.memory import InMemoryImages
+from roadmap.data.module import MAX_AUTO_WORKERS, resolve_num_workers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -254,6 +262,64 @@ def test_split_without_class_folders(tmp_path: Path) -> None:
     assert str(tmp_path / "val") in str(err.value)
 
 
+def test_flat_val_folder_is_explained(tmp_path: Path) -> None:
+    write_images(tmp_path / "train" / "n01440764", 2, ".JPEG")
+    write_images(tmp_path / "val", 2, ".JPEG")  # ILSVRC2012_img_val.tar unpacked as it is
+    cfg = make_cfg("imagenet", **{"data.root": str(tmp_path), "data.num_classes": 1})
+    with pytest.raises(DataError) as err:
+        build_datamodule(cfg, per_device_batch=2).setup("fit")
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "val") in message and "flat ImageNet val/" in message
+    assert f"torchvision.datasets.ImageNet('{tmp_path}', split='val')" in message
+
+
+def write_fake_imagenet_archives(root: Path, wnids: list[str], per_class: int) -> list[str]:
+    """torchvision.datasets.ImageNet's layout in small: devkit (meta.mat, val ground truth), a train tar of
+    per-class tars, a flat val tar. Returns the val images' wnids, in file order."""
+    import scipy.io
+    import tarfile
+
+    work = root / "work"
+    devkit = work / "ILSVRC2012_devkit_t12" / "data"
+    devkit.mkdir(parents=True)
+    fields = [(name, "O") for name in ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children")]
+    synsets = np.array([(i + 1, wnid, f"class {i}", "", 0) for i, wnid in enumerate(wnids)], dtype=fields)
+    scipy.io.savemat(devkit / "meta.mat", {"synsets": synsets})
+    val_wnids = [wnids[i % len(wnids)] for i in range(per_class * len(wnids))]
+    (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{wnids.index(w) + 1}\n" for w in val_wnids))
+    with tarfile.open(root / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tar:
+        tar.add(work / "ILSVRC2012_devkit_t12", "ILSVRC2012_devkit_t12")
+    with tarfile.open(root / "ILSVRC2012_img_train.tar", "w") as train:
+        for wnid in wnids:
+            write_images(work / wnid, per_class, ".JPEG")
+            with tarfile.open(work / f"{wnid}.tar", "w") as inner:
+                for image in sorted((work / wnid).iterdir()):
+                    inner.add(image, f"{wnid}_{image.name}")
+            train.add(work / f"{wnid}.tar", f"{wnid}.tar")
+    write_images(work / "val", len(val_wnids), ".JPEG")
+    with tarfile.open(root / "ILSVRC2012_img_val.tar", "w") as val:
+        for i, image in enumerate(sorted((work / "val").iterdir(), key=lambda p: int(p.stem[3:]))):
+            val.add(image, f"ILSVRC2012_val_{i + 1:08d}.JPEG")
+    shutil.rmtree(work)
+    return val_wnids
+
+
+def test_imagenet_archives_are_extracted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets.imagenet
+
+    wnids = ["n01440764", "n02102040", "n02979186"]
+    val_wnids = write_fake_imagenet_archives(tmp_path, wnids, per_class=2)
+    monkeypatch.setattr(torchvision.datasets.imagenet, "_verify_archive", lambda *args: None)  # fakes: no real md5
+    cfg = make_cfg("imagenet", **{"data.root": str(tmp_path), "data.num_classes": 3, "data.num_workers": 0})
+    dm = build_datamodule(cfg, per_device_batch=2)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.train_set.classes == dm.val_set.classes == wnids and len(dm.train_set) == 6
+    by_file = {Path(path).name: wnids[label] for path, label in dm.val_set.samples}
+    assert [by_file[f"ILSVRC2012_val_{i + 1:08d}.JPEG"] for i in range(6)] == val_wnids
+    assert not list(tmp_path.glob(".*.partial"))
+
+
 def test_num_classes_mismatch(mini_data: Path) -> None:
     cfg = make_cfg("imagenette", **{"data.root": str(mini_data), "data.num_classes": 1000})
     with pytest.raises(DataError, match=r"data.num_classes=1000 .* 10 classes"):
@@ -319,3 +385,155 @@ def test_cifar_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: st
             step()
         message = str(err.value)
         assert "data.root" in message and str(tmp_path / name) in message and "ROADMAP_DATA_DIR" in message
+
+
+# --- in memory ------------------------------------------------------------------------------
+
+
+def seed_all(seed: int) -> None:
+    """Every generator the transforms draw from (timm's RandAugment uses random and numpy)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _splits(cfg: DictConfig) -> tuple:
+    dm = build_datamodule(cfg, per_device_batch=2)
+    dm.setup("fit")
+    return dm.train_set, dm.val_set
+
+
+def test_in_memory_feeds_the_same_pixels(mini_data: Path, tmp_path: Path) -> None:
+    """Every decoded image equals pil_loader's, and the transformed samples are bitwise equal."""
+    common = {"data.root": str(mini_data), "data.num_workers": 0, "data.cache_dir": str(tmp_path)}
+    in_memory = _splits(make_cfg("imagenette", **common, **{"data.in_memory": True}))
+    from_files = _splits(make_cfg("imagenette", **common, **{"data.in_memory": False}))
+    for memory_set, file_set in zip(in_memory, from_files):
+        assert isinstance(memory_set, InMemoryImages) and not isinstance(file_set, InMemoryImages)
+        assert memory_set.samples == file_set.samples and memory_set.classes == file_set.classes
+        for i, (path, _) in enumerate(file_set.samples):
+            decoded = memory_set.image(i)
+            assert decoded.mode == "RGB" and np.array_equal(np.asarray(decoded), np.asarray(pil_loader(path)))
+            seed_all(i)
+            a, label_a = memory_set[i]
+            seed_all(i)
+            b, label_b = file_set[i]
+            assert torch.equal(a, b) and label_a == label_b
+
+
+def test_in_memory_cache_beside_writable_data(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        write_images(root / split / "a", 3)
+    cfg = make_cfg("imagenet", **{"data.root": str(root), "data.num_classes": 1, "data.num_workers": 0})
+    with caplog.at_level(logging.INFO, "roadmap.data"):
+        _splits(cfg)
+        assert caplog.text.count("decoding") == 2
+        cached = sorted((root / ".roadmap-cache").iterdir())
+        assert [p.suffix for p in cached] == [".npz", ".u8", ".npz", ".u8"]
+        caplog.clear()
+        train, _ = _splits(cfg)  # the same files: read from the cache, not decoded again
+        assert "decoding" not in caplog.text and len(train) == 3
+        image = root / "train" / "a" / "img1.jpg"
+        Image.new("RGB", (40, 30), (1, 2, 3)).save(image, format="JPEG")  # a changed file: a new key
+        train, _ = _splits(cfg)
+        assert caplog.text.count("decoding") == 1
+        assert np.array_equal(np.asarray(train.image(1)), np.asarray(pil_loader(str(image))))
+
+
+def test_in_memory_cache_of_read_only_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        write_images(root / split / "a", 2)
+    root.chmod(0o555)  # as root, only the permission bits say "read-only"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    try:
+        _splits(make_cfg("imagenet", **{"data.root": str(root), "data.num_classes": 1}))
+    finally:
+        root.chmod(0o755)
+    assert not (root / ".roadmap-cache").exists()
+    assert len(list((tmp_path / "xdg" / "roadmap").glob("*.u8"))) == 2
+
+
+def test_in_memory_auto(mini_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = make_cfg("imagenette", **{"data.root": str(mini_data), "data.in_memory": "auto"})
+    assert isinstance(_splits(cfg)[0], InMemoryImages)  # 300 images of 64 px
+    monkeypatch.setattr(memory, "AUTO_MAX_BYTES", 300 * 64 * 64 * 3 - 1)
+    assert not isinstance(_splits(cfg)[0], InMemoryImages)
+
+
+def test_in_memory_with_workers(mini_data: Path) -> None:
+    cfg = make_cfg("imagenette", **{"data.root": str(mini_data), "data.num_workers": 2, "data.in_memory": True})
+    dm = build_datamodule(cfg, per_device_batch=16)
+    dm.setup("fit")
+    batches = list(dm.val_dataloader())
+    assert sum(len(labels) for _, labels in batches) == 100 and dm.val_set._pixels is None  # workers mapped it
+
+
+def test_num_workers_auto(mini_data: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert resolve_num_workers("auto", 1) == min(cores, MAX_AUTO_WORKERS)
+    assert resolve_num_workers("auto", 10_000) == 1 and resolve_num_workers(3, 8) == 3
+    dm = build_datamodule(make_cfg("imagenette", **{"data.root": str(mini_data)}), per_device_batch=8)
+    dm.setup("fit")
+    assert dm.train_dataloader().num_workers == min(cores, MAX_AUTO_WORKERS)
+
+
+@pytest.mark.parametrize("key, value", [("num_workers", -1), ("num_workers", "many"), ("in_memory", "yes"),
+                                        ("on_bad_image", "ignore")])
+def test_invalid_data_keys(key: str, value: object) -> None:
+    with pytest.raises(DataError, match=f"data.{key}="):
+        build_datamodule(make_cfg("imagenette", **{f"data.{key}": value}), per_device_batch=8)
+
+
+# --- unreadable images ----------------------------------------------------------------------
+
+
+def write_bad_images(folder: Path, good: Path) -> list[Path]:
+    """A zero-byte, a truncated and a garbage JPEG in `folder`; their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = good.read_bytes()
+    bad = {"empty.jpg": b"", "truncated.jpg": data[: len(data) // 2], "garbage.jpg": b"not a jpeg" * 50}
+    for name, content in bad.items():
+        (folder / name).write_bytes(content)
+    return sorted(folder / name for name in bad)
+
+
+def bad_image_set(mini_data: Path, root: Path) -> list[Path]:
+    """Two classes of the mini set (train 20 + val 10 each) with three unreadable train images added."""
+    for split in ("train", "val"):
+        for wnid in sorted(p.name for p in (mini_data / split).iterdir())[:2]:
+            shutil.copytree(mini_data / split / wnid, root / split / wnid)
+    first = root / "train" / "n01440764"
+    return write_bad_images(first, sorted(first.iterdir())[0])
+
+
+@pytest.mark.parametrize("in_memory, workers", [(False, 0), (False, 2), (True, 0)])
+def test_bad_images_skipped(mini_data: Path, tmp_path: Path, in_memory: bool, workers: int,
+                            caplog: pytest.LogCaptureFixture) -> None:
+    bad = bad_image_set(mini_data, tmp_path / "data")
+    cfg = make_cfg("imagenet", **{"data.root": str(tmp_path / "data"), "data.num_classes": 2,
+                                           "data.in_memory": in_memory, "data.num_workers": workers})
+    dm = build_datamodule(cfg, per_device_batch=8)
+    with caplog.at_level(logging.WARNING, "roadmap.data"):
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        sizes = [len(labels) for _, labels in loader] + [len(labels) for _, labels in loader]  # two epochs
+    assert sizes == [8] * (2 * (len(dm.train_set) // 8))  # every batch full
+    assert sorted(map(Path, dm.skipped_images())) == bad
+    if workers == 0:  # workers log to their own stderr
+        assert all(caplog.text.count(f"skipping unreadable image {path} ") == 1 for path in bad)  # named once
+    assert len(dm.train_set) == (40 if in_memory else 43)
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_bad_image_error_names_the_file(mini_data: Path, tmp_path: Path, in_memory: bool) -> None:
+    bad = bad_image_set(mini_data, tmp_path / "data")
+    cfg = make_cfg("imagenet", **{"data.root": str(tmp_path / "data"), "data.num_classes": 2, "data.num_workers": 0,
+                                  "data.in_memory": in_memory, "data.on_bad_image": "error"})
+    dm = build_datamodule(cfg, per_device_batch=8)
+    with pytest.raises(DataError, match="data.on_bad_image=skip") as err:
+        dm.setup("fit")
+        for _ in dm.train_dataloader():
+            pass
+    assert any(str(path) in str(err.value) for path in bad)

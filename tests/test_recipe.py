@@ -1,8 +1,10 @@
 """recipe=paper equals ../shared/reference/recipe.md field by field; the recipe's pieces behave."""
 from __future__ import annotations
 
+import logging
 import math
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,28 @@ def test_ema_updates_batchnorm_models(recipe: str) -> None:
     assert int(module.ema.n_averaged) == 3
     ema_var = dict(module.ema.module.named_buffers())["stem.norm.running_var"]
     assert not torch.allclose(ema_var, torch.ones_like(ema_var))  # buffers follow the model
+
+
+class SlowImages(torch.utils.data.Dataset):
+    """A loader much slower than the model's step."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        time.sleep(0.1)
+        return torch.randn(3, 16, 16), index % 2
+
+
+def test_warns_once_when_the_step_waits_on_data(caplog: pytest.LogCaptureFixture) -> None:
+    import lightning as L
+
+    cfg = compose_run("recipe=proxy")
+    module = Classifier(roadmap.build_model("resnet50", num_classes=2, width_mult=0.25), dict(cfg.recipe), 2, 4)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=3, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with caplog.at_level(logging.WARNING, "roadmap.module"):
+        trainer.fit(module, torch.utils.data.DataLoader(SlowImages(), batch_size=4))
+    warnings = [r.getMessage() for r in caplog.records if "waited on data" in r.getMessage()]
+    assert len(warnings) == 1 and "epoch 0" in warnings[0] and "data.num_workers" in warnings[0]
+    assert module.data_wait_seconds >= 2 * 4 * 0.1  # the second epoch's two counted waits of 4 items

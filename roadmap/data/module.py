@@ -1,0 +1,160 @@
+"""The LightningDataModule: datasets with their transforms, loaders, config checks."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from torch.utils.data import DataLoader, Dataset
+
+from roadmap.data.errors import DataError
+from roadmap.data.memory import InMemoryImages, cache_dir, fits_in_memory
+from roadmap.data.sources import (
+    BAD_IMAGE_POLICIES, CIFAR, DATASETS, SyntheticImages, cifar, image_folder, locate_image_folder,
+)
+from roadmap.data.transforms import build_eval_transform, build_train_transform
+
+IN_MEMORY = ("auto", True, False)
+MAX_AUTO_WORKERS = 16
+
+
+def resolve_num_workers(value: int | str, devices: int) -> int:
+    """data.num_workers: an int as it is; "auto": this process's CPU cores per local device, 1..MAX_AUTO_WORKERS."""
+    if value != "auto":
+        return int(value)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_AUTO_WORKERS, cores // max(1, devices)))
+
+
+def _in_memory(folder: Path, splits: list[Dataset], data_cfg: Mapping[str, Any]) -> list[Dataset]:
+    """The splits decoded in memory when data.in_memory says so (auto: when they fit), else as they are."""
+    setting = data_cfg.get("in_memory", "auto")
+    if setting is False or setting == "auto" and not fits_in_memory(splits):
+        return splits
+    cache = cache_dir(folder, data_cfg.get("cache_dir"))
+    on_bad_image = data_cfg.get("on_bad_image", "skip")
+    return [InMemoryImages(split, cache, on_bad_image) for split in splits]
+
+
+def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
+    """The (train, val) datasets for `data_cfg`, with their transforms; checks the class count."""
+    name = data_cfg["name"]
+    image_size = int(data_cfg["image_size"])
+    num_classes = int(data_cfg["num_classes"])
+    if name == "synthetic":
+        seed = int(data_cfg.get("seed", 0))
+        return (
+            SyntheticImages(int(data_cfg["train_size"]), num_classes, image_size, seed, split=0),
+            SyntheticImages(int(data_cfg["val_size"]), num_classes, image_size, seed, split=1),
+        )
+
+    train_tf = build_train_transform(image_size, augment_cfg)
+    eval_tf = build_eval_transform(image_size, augment_cfg)
+    if name in CIFAR:
+        train_set, val_set = cifar(data_cfg, True, train_tf), cifar(data_cfg, False, eval_tf)
+        found, where = len(train_set.classes), str(data_cfg["root"])
+    else:
+        folder = locate_image_folder(data_cfg)
+        on_bad_image = data_cfg.get("on_bad_image", "skip")
+        train_set = image_folder(folder / "train", train_tf, on_bad_image)
+        val_set = image_folder(folder / "val", eval_tf, on_bad_image)
+        if train_set.classes != val_set.classes:
+            raise DataError(
+                f"data.root: {folder}/train and {folder}/val have different class folders "
+                f"({len(train_set.classes)} vs {len(val_set.classes)}); both need the same classes."
+            )
+        found, where = len(train_set.classes), f"{folder}/train"
+        train_set, val_set = _in_memory(folder, [train_set, val_set], data_cfg)
+    if found != num_classes:
+        raise DataError(
+            f"data.num_classes={num_classes} but {where} has {found} classes; set data.num_classes={found}."
+        )
+    return train_set, val_set
+
+
+class RoadmapDataModule(L.LightningDataModule):
+    """Train/val loaders for one dataset. Downloads happen in `prepare_data` (one process per node
+    under DDP); `setup` builds the datasets. Lightning adds the DistributedSampler under DDP."""
+
+    def __init__(self, data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any], per_device_batch: int) -> None:
+        super().__init__()
+        self.data_cfg = data_cfg
+        self.augment_cfg = augment_cfg
+        self.per_device_batch = per_device_batch
+        self.num_classes = int(data_cfg["num_classes"])
+        self.num_workers = data_cfg.get("num_workers", "auto")
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def prepare_data(self) -> None:
+        name = self.data_cfg["name"]
+        if name in ("imagenet", "imagenette"):
+            # Downloads Imagenette when asked, and decodes into the in-memory cache once per node.
+            self.train_set, self.val_set = build_datasets(self.data_cfg, self.augment_cfg)
+        elif name in CIFAR and self.data_cfg.get("download", True):
+            cifar(self.data_cfg, train=True, transform=None)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:  # prepare_data ran in another process, or not at all
+            self.train_set, self.val_set = build_datasets(self.data_cfg, self.augment_cfg)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if len(self.train_set) < self.per_device_batch * world:
+            raise DataError(
+                f"data: the training split has {len(self.train_set)} images, fewer than one batch "
+                f"(per_device_batch={self.per_device_batch} x {world} devices), so drop_last leaves none; "
+                "use more data (e.g. data.train_size for synthetic) or a smaller batch."
+            )
+
+    def skipped_images(self) -> list[str]:
+        """The unreadable images skipped so far (this process's view), train and val."""
+        return [path for split in (self.train_set, self.val_set) for path in getattr(split, "skipped", [])]
+
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        workers = resolve_num_workers(self.num_workers, self.trainer.num_devices if self.trainer is not None else 1)
+        return DataLoader(
+            dataset,
+            batch_size=self.per_device_batch,
+            shuffle=train,
+            drop_last=train,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            # Lightning's seeding for every worker (torch, random and numpy, which timm's RandAugment
+            # uses), distinct per rank, even when seed_everything(workers=True) was not called.
+            worker_init_fn=partial(pl_worker_init_function, rank=rank) if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+
+def build_datamodule(cfg: Mapping[str, Any], per_device_batch: int) -> RoadmapDataModule:
+    """The datamodule for the run config `cfg` (uses `cfg.data` and `cfg.recipe.augment`)."""
+    data_cfg = cfg["data"]
+    name = data_cfg["name"]
+    if name not in DATASETS:
+        raise DataError(f"data.name={name!r} is not a known dataset; use one of {DATASETS} (data=<name>).")
+    for key in ("image_size", "num_classes"):
+        if int(data_cfg[key]) <= 0:
+            raise DataError(f"data.{key}={data_cfg[key]} must be a positive integer.")
+    workers = data_cfg.get("num_workers", "auto")
+    if workers != "auto" and not (isinstance(workers, int) and workers >= 0):
+        raise DataError(f"data.num_workers={workers!r} must be 'auto' or an integer >= 0.")
+    if data_cfg.get("in_memory", "auto") not in IN_MEMORY:
+        raise DataError(f"data.in_memory={data_cfg['in_memory']!r} must be one of auto, true, false.")
+    if data_cfg.get("on_bad_image", "skip") not in BAD_IMAGE_POLICIES:
+        raise DataError(f"data.on_bad_image={data_cfg['on_bad_image']!r} must be one of {BAD_IMAGE_POLICIES}.")
+    if per_device_batch <= 0:
+        raise DataError(f"per_device_batch={per_device_batch} must be a positive integer.")
+    return RoadmapDataModule(data_cfg, cfg["recipe"]["augment"], per_device_batch)

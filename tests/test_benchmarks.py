@@ -1,0 +1,87 @@
+"""Every benchmark script's main paths and options run (tiny sizes, CPU; each in a fresh process as
+a user runs it). Speed is not asserted here: it lives in benchmarks/ as ratios."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+TINY_MODEL = ["--width-mult", "0.25", "--num-classes", "10"]
+
+CASES = {
+    "train_step.py": [
+        ["--sizes", "32", "--rungs", "resnet50,kernel_5", "--steps", "1", "--warmup", "0", "--batch", "2", *TINY_MODEL],
+        ["--quick", "--batch", "2", "--ref-steps", "1", "--warmup", "0", "--formats", "channels_last",
+         "--drop-path", "0.1", "--threads", "0"],
+        ["--sizes", "32", "--rungs", "endpoints", "--batch", "2", "--ref-steps", "1", "--no-references"],
+    ],
+    "loop_overhead.py": [
+        ["--recipe", "paper", "--size", "32", "--batch", "8", "--steps", "2", "--trials", "1"],
+        ["--recipe", "proxy", "--rung", "resnet50", "--size", "32", "--batch", "4", "--steps", "2", "--trials", "1",
+         "--channels-last", "--no-as-run", "--precision", "bf16", "--width-mult", "0.25", "--num-classes", "4"],
+    ],
+    "input_pipeline.py": [
+        ["--sizes", "64,96", "--images", "8", "--chunk", "4", "--rounds", "2", "--source-size", "96",
+         "--data-root", str(DATA)],
+        ["--sizes", "64", "--images", "4", "--chunk", "2", "--rounds", "1", "--recipe", "proxy", "--data-root", str(DATA)],
+    ],
+    "memory.py": [
+        ["--size", "32", "--batch", "2", "--rungs", "endpoints", "--jobs", "1"],
+        ["--size", "32", "--batch", "2", "--rungs", "resnet50,gelu", "--no-references", "--channels-last", "--rss",
+         "--precision", "bf16"],
+    ],
+    "proxy_epoch.py": [
+        ["--rungs", "resnet50", "--rounds", "1", "--train-batches", "2", "--profile-images", "4", "--profile-steps", "1",
+         "--data-root", str(DATA / "imagenette2-64-mini")],
+        ["--rungs", "patchify_stem", "--rounds", "1", "--train-batches", "1", "--val-batches", "1", "--workers", "0",
+         "--no-profile",
+         "--data-root", str(DATA / "imagenette2-64-mini")],
+    ],
+}
+# torch.compile costs minutes on a CPU: CI's slow suite. train_step's --precision bf16 is in the GPU cases only:
+# on a CPU without bf16 units its 2048^2 bf16 matmul yardstick alone takes minutes.
+SLOW_CASES = {
+    "train_step.py": [["--sizes", "32", "--rungs", "resnet50", "--steps", "1", "--batch", "2", "--compile", "--formats",
+                       "contiguous", *TINY_MODEL]],
+    "loop_overhead.py": [["--rung", "resnet50", "--size", "32", "--batch", "4", "--steps", "2", "--trials", "1",
+                          "--compile", "--no-as-run", "--width-mult", "0.25", "--num-classes", "4"]],
+}
+GPU_CASES = {
+    "train_step.py": [["--quick", "--device", "cuda", "--precision", "bf16", "--formats", "channels_last"]],
+    "loop_overhead.py": [["--device", "cuda", "--precision", "bf16", "--channels-last", "--trials", "2", "--steps", "4"]],
+    "memory.py": [["--quick", "--rungs", "endpoints", "--device", "cuda", "--precision", "bf16"]],
+}
+
+
+def params(cases: dict[str, list[list[str]]], *marks: pytest.MarkDecorator) -> list:
+    return [pytest.param(script, args, id=f"{script}:{' '.join(args)}", marks=marks)
+            for script, variants in cases.items() for args in variants]
+
+
+def run_benchmark(script: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    params(CASES) + params(SLOW_CASES, pytest.mark.slow)
+    + params(GPU_CASES, pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+)
+def test_benchmark_runs(script: str, args: list[str], tmp_path: Path) -> None:
+    proc = run_benchmark(script, args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "\n| " in proc.stdout  # at least one Markdown table
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_benchmark_help(script: str, tmp_path: Path) -> None:
+    proc = run_benchmark(script, ["--help"], tmp_path)
+    assert proc.returncode == 0 and "usage:" in proc.stdout
