@@ -49,7 +49,7 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's, 
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 # Integer keys and their smallest valid value (data.image_size is checked against the rung's stride).
 INTEGER_KEYS = {"recipe.epochs": 1, "recipe.global_batch": 1, "trainer.per_device_batch": 1, "trainer.devices": 1,
-                "trainer.num_nodes": 1, "data.image_size": 1, "data.num_classes": 1, "data.num_workers": 0,
+                "trainer.num_nodes": 1, "data.image_size": 1, "data.num_classes": 1,
                 "seed": 0, "trainer.log_every_n_steps": 1, "trainer.check_val_every_n_epoch": 1}
 
 
