@@ -98,7 +98,7 @@ class LightningLoop:
         if self.as_run:  # roadmap.run.train()'s logger and callbacks
             dynamics = [TrainingDynamics(self.diagnostics_every)] if self.diagnostics_every else []
             extra = dict(logger=[CSVLogger(save_dir=out, name="logs")], callbacks=[
-                timer, *dynamics, EpochMetrics(out),
+                timer, *dynamics, EpochMetrics(out, lock_dir=out),
                 ModelCheckpoint(dirpath=out, filename=CHECKPOINT_FILE.removesuffix(".ckpt"), save_top_k=1,
                                 enable_version_counter=False)])
         else:
