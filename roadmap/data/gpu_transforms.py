@@ -8,8 +8,10 @@ Normalize -> RandomErasing. MixUp/CutMix stay in the LightningModule (timm's Mix
 
 Every random parameter is drawn per sample, with timm's sampling rules (tests/test_gpu_augment.py
 compares the distributions with timm's own samplers). Small per-sample parameters are drawn on the
-CPU in float64 with torch's default generator, so a seed gives the same parameters on any device;
-the per-pixel erasing noise is drawn on the batch's device. Deviations from the PIL pixels of the CPU
+CPU in float64, so a seed gives the same parameters on any device; the per-pixel erasing noise is
+drawn on the batch's device. `BatchAugment` keeps its own generator state (seeded per DDP rank by the
+datamodule, saved in checkpoints), as the CPU path's loader workers are seeded per rank: with the
+process's generator, seeded alike on every rank, all ranks would draw the same crops. Deviations from the PIL pixels of the CPU
 path: interpolation is torch's (`grid_sample`; bicubic a=-0.75 where PIL uses a=-0.5, no antialias
 when a crop shrinks, PIL's edge handling approximated: mean |difference| ~1 grey level on the
 geometric ops); AutoContrast is torchvision's (within one grey level of PIL's); the other colour ops
@@ -370,8 +372,9 @@ class BatchAugment:
     image sizes [B, 2] (from `SourceTransform`) -> normalized float32 [B, 3, image_size, image_size]
     on the batch's device."""
 
-    def __init__(self, image_size: int, augment_cfg: Mapping[str, Any]) -> None:
+    def __init__(self, image_size: int, augment_cfg: Mapping[str, Any], seed: int = 0) -> None:
         self.image_size = image_size
+        self.rng_state = torch.Generator().manual_seed(seed).get_state()
         self.mode = _interpolation(augment_cfg)
         self.scale = tuple(float(s) for s in augment_cfg["scale"])
         self.ratio = tuple(float(r) for r in augment_cfg["ratio"])
@@ -391,7 +394,18 @@ class BatchAugment:
             raise DataError(f"recipe.augment.random_erasing_mode={augment_cfg['random_erasing_mode']!r} has no "
                             "batched version; valid with data.augment_on=gpu: 'pixel' (or data.augment_on=cpu).")
 
+    def seed(self, seed: int) -> None:
+        self.rng_state = torch.Generator().manual_seed(seed).get_state()
+
     def __call__(self, images: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        # The sampling functions use torch's default CPU generator: lend it this augmentation's state.
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.rng_state)
+            out = self._augment(images, sizes)
+            self.rng_state = torch.get_rng_state()
+        return out
+
+    def _augment(self, images: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         n, device = len(images), images.device
         boxes = sample_crops(sizes.cpu(), self.scale, self.ratio)
         flip = torch.rand(n, dtype=torch.float64) < self.hflip
@@ -416,10 +430,12 @@ class BatchAugment:
 
 
 def erase(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Fill each box (top, left, h, w) [count, B, 4] of each image with per-pixel N(0, 1) noise."""
+    """Fill each box (top, left, h, w) [count, B, 4] of each image with per-pixel N(0, 1) noise (on x's
+    device, seeded from torch's default CPU generator)."""
     _, _, height, width = x.shape
     rows = torch.arange(height, device=x.device).view(1, 1, height, 1)
     cols = torch.arange(width, device=x.device).view(1, 1, 1, width)
     top, left, box_h, box_w = (v.to(x.device, torch.int64).view(-1, len(x), 1, 1) for v in boxes.unbind(-1))
     inside = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
-    return torch.where(inside.any(dim=0).unsqueeze(1), torch.randn_like(x), x)
+    noise = torch.Generator(x.device).manual_seed(int(torch.randint(2**62, ())))
+    return torch.where(inside.any(dim=0).unsqueeze(1), torch.randn(x.shape, generator=noise, device=x.device), x)

@@ -115,6 +115,8 @@ class RoadmapDataModule(L.LightningDataModule):
         if self.train_set is None:  # prepare_data ran in another process, or not at all
             self.train_set, self.val_set = build_datasets(self.data_cfg, self.augment_cfg)
         world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_augment is not None:  # the run's seed (seed_everything), distinct per rank
+            self.batch_augment.seed(torch.initial_seed() + 7919 * (self.trainer.global_rank if self.trainer else 0))
         if len(self.train_set) < self.per_device_batch * world:
             raise DataError(
                 f"data: the training split has {len(self.train_set)} images, fewer than one batch "
@@ -151,6 +153,14 @@ class RoadmapDataModule(L.LightningDataModule):
             return batch
         (images, sizes), labels = batch
         return self.batch_augment(images, sizes), labels
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: the GPU path's generator, so a resumed run draws what it would have."""
+        return {"batch_augment_rng": self.batch_augment.rng_state} if self.batch_augment is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.batch_augment is not None and "batch_augment_rng" in state_dict:
+            self.batch_augment.rng_state = state_dict["batch_augment_rng"]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
