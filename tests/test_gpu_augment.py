@@ -390,3 +390,14 @@ def test_cuda_batch_equals_cpu_batch() -> None:
     aug.seed(0)
     cuda = aug(images.cuda(), sizes.cuda()).cpu()
     assert ((cuda - cpu).abs() > 0.05).float().mean() < 0.01  # a few pixels may round to the next grey level
+
+
+def test_augment_on_is_the_same_run() -> None:
+    """Not in the config hash (the same distribution, as data.num_workers): a run recorded on one path
+    resumes or skips on the other; result.json tells them apart (test_smoke_run_on_the_gpu_path)."""
+    from roadmap.results import config_hash
+    from tests.test_recipe import compose_run
+
+    hashes = {path: config_hash(compose_run("experiment=smoke", f"data.augment_on={path}")) for path in ("cpu", "gpu")}
+    assert hashes["cpu"] == hashes["gpu"]
+    assert config_hash(compose_run("experiment=smoke", "recipe.augment.hflip=0.4")) != hashes["cpu"]

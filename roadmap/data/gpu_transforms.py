@@ -374,7 +374,7 @@ class BatchAugment:
 
     def __init__(self, image_size: int, augment_cfg: Mapping[str, Any], seed: int = 0) -> None:
         self.image_size = image_size
-        self.rng_state = torch.Generator().manual_seed(seed).get_state()
+        self.seed(seed)
         self.mode = _interpolation(augment_cfg)
         self.scale = tuple(float(s) for s in augment_cfg["scale"])
         self.ratio = tuple(float(r) for r in augment_cfg["ratio"])
@@ -395,6 +395,7 @@ class BatchAugment:
                             "batched version; valid with data.augment_on=gpu: 'pixel' (or data.augment_on=cpu).")
 
     def seed(self, seed: int) -> None:
+        """Start this augmentation's own generator (the state of torch's CPU generator) from `seed`."""
         self.rng_state = torch.Generator().manual_seed(seed).get_state()
 
     def __call__(self, images: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
