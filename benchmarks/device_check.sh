@@ -5,8 +5,9 @@
 #   bash benchmarks/device_check.sh --tiny     # a dry run of every part at tiny sizes (CPU is fine)
 #
 # Parts: train_step at 224 px bf16 channels_last (endpoints + references, eager and compile),
-# loop_overhead at 64 and 224 px, the input pipeline per worker (CPU path), the main job for 3 epochs
-# on each data path (JPEG decode per epoch, in memory), and the GPU-marked tests (pytest -m gpu).
+# loop_overhead at 64 and 224 px, the input pipeline per worker (CPU path) and with the GPU path's batch
+# augmentation on the GPU (data.augment_on=gpu), the main job for 3 epochs on each data path (JPEG decode
+# per epoch, in memory, in memory with data.augment_on=gpu), and the GPU-marked tests (pytest -m gpu).
 # Without CUDA the GPU parts are marked "not run" (--tiny runs them on the CPU, to try the script). Each part has a time cap, runs in its own process
 # group (killed with it, loader workers included) and writes $OUT/<part>.log; a failing part does
 # not stop the others. $OUT defaults to ./device_check_out; CAP_SCALE multiplies every cap.
@@ -73,6 +74,7 @@ if [[ $TINY == 1 ]]; then
   MAIN=(experiment=smoke "data.root=${ROADMAP_DATA_DIR:-../shared/data}/imagenette2-64-mini" recipe.epochs=1
         trainer.limit_val_batches=2)
   SIZES=(32 48)
+  AUG_DEVICE=cpu
 else
   DEV=(--device cuda --precision bf16)
   STEP=(--sizes 224 --rungs endpoints --batch 128 --ref-steps 5 --warmup 2 --formats channels_last)
@@ -80,6 +82,7 @@ else
   PIPE=(--rounds 10)
   MAIN=(experiment=imagenette_proxy recipe.epochs=3)
   SIZES=(64 224)
+  AUG_DEVICE=cuda
 fi
 
 gpu_part train_step_eager 90 python benchmarks/train_step.py "${DEV[@]}" "${STEP[@]}"
@@ -87,12 +90,14 @@ gpu_part train_step_compile 150 python benchmarks/train_step.py "${DEV[@]}" "${S
 for size in "${SIZES[@]}"; do
   gpu_part "loop_overhead_$size" 60 python benchmarks/loop_overhead.py "${DEV[@]}" --channels-last --size "$size" "${LOOP[@]}"
 done
-part input_pipeline_cpu 45 python benchmarks/input_pipeline.py "${PIPE[@]}"
-row input_pipeline_gpu "not run (no GPU augmentation path yet: data.augment_on is not implemented)" 0 "–"
+part input_pipeline_cpu 45 python benchmarks/input_pipeline.py "${PIPE[@]}" --gpu-path none
+gpu_part input_pipeline_gpu 60 python benchmarks/input_pipeline.py "${PIPE[@]}" --gpu-path "$AUG_DEVICE"
 for memory in false true; do
   gpu_part "main_job_in_memory_$memory" 75 python -m roadmap.run step=separate_downsampling "${MAIN[@]}" \
     "data.in_memory=$memory" "output_root=$OUT/runs/main_job_in_memory_$memory" force=true
 done
+gpu_part main_job_augment_gpu 75 python -m roadmap.run step=separate_downsampling "${MAIN[@]}" \
+  data.in_memory=true data.augment_on=gpu "output_root=$OUT/runs/main_job_augment_gpu" force=true
 part pytest_gpu 90 python -m pytest -q -m gpu tests
 
 {

@@ -3,6 +3,13 @@ with the paper recipe's augmentation, against timm's `create_transform` with the
 
     python benchmarks/input_pipeline.py                 # 64 px (imagenette2-64) and 224 px
     python benchmarks/input_pipeline.py --sizes 64 --rounds 20
+    python benchmarks/input_pipeline.py --gpu-path cuda   # the GPU path's batch part on a GPU
+
+A second table compares the CPU path (the `roadmap` pipeline above: decode + transform per image)
+with the GPU path (`data.augment_on=gpu`): per image, decode + `SourceTransform` (the workers' part),
+then `BatchAugment` on the chunk as one batch on `--gpu-path` (cpu by default: CPU tensors, one
+thread; cuda: synchronized before the clock stops). Its rounds interleave with the others, on the
+same chunks; the ratio is GPU path / CPU path, both per process.
 
 One process, one thread (torch.set_num_threads(1), as in a DataLoader worker), no DataLoader: for
 each image, open + decode + convert to RGB (torchvision's pil_loader, as roadmap's ImageFolder),
@@ -37,6 +44,7 @@ from PIL import Image
 from common import REPO, environment, load_recipe, print_table, verdict
 
 from roadmap.data import build_train_transform  # noqa: E402
+from roadmap.data.gpu_transforms import BatchAugment, SourceTransform  # noqa: E402
 from torchvision.datasets.folder import pil_loader  # noqa: E402
 
 
@@ -96,6 +104,32 @@ class Pipeline:
         return time.perf_counter() - start, done
 
 
+class BatchPipeline:
+    """The GPU path on a chunk: the workers' part per image, then the chunk as one batch on `device`."""
+
+    def __init__(self, size: int, aug: dict, device: torch.device) -> None:
+        self.source = SourceTransform(size, aug)
+        self.augment = BatchAugment(size, aug)
+        self.device = device
+        self.skipped = 0
+        self.worker_s: list[float] = []
+        self.batch_s: list[float] = []
+
+    def chunk(self, files: list[Path], seed: int) -> tuple[float, int]:
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        canvases, sizes = zip(*(self.source(pil_loader(str(f))) for f in files))
+        batch, sizes = torch.stack(canvases).to(self.device), torch.stack(sizes).to(self.device)
+        middle = time.perf_counter()
+        self.augment(batch, sizes)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        end = time.perf_counter()
+        self.worker_s.append(middle - start)
+        self.batch_s.append(end - middle)
+        return end - start, len(files)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="64,224", help="training image sizes (default 64,224)")
@@ -107,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=40, help="chunks per pipeline and size")
     parser.add_argument("--recipe", default="paper", choices=("paper", "proxy"),
                         help="conf/recipe/<name>.yaml for the augmentation (default paper)")
+    parser.add_argument("--gpu-path", default="cpu",
+                        help="device of the GPU path's batch part: cpu (CPU tensors), cuda, or none to leave it out")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -119,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({aug['random_erasing_mode']}), Normalize\n")
     source = pick_images(args.data_root / "imagenette2-64" / "train", args.images)
 
-    rows = []
+    rows, path_rows = [], []
     with tempfile.TemporaryDirectory(prefix="roadmap-pipeline-") as tmp:
         for size in [int(s) for s in args.sizes.split(",") if s]:
             files = source
@@ -129,10 +165,15 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 src = "64x64 JPEG (imagenette2-64)"
             pipes = {"roadmap": Pipeline(build_train_transform(size, aug)), "timm": Pipeline(timm_transform(size, aug))}
+            if args.gpu_path != "none":
+                pipes["gpu path"] = BatchPipeline(size, aug, torch.device(args.gpu_path))
             times: dict[str, list[float]] = {name: [] for name in pipes}
             for name, p in pipes.items():  # warm-up: imports, first-call costs
                 p.chunk(files[: args.chunk], seed=-1 % 2**32)
                 p.skipped = 0
+            if "gpu path" in pipes:
+                pipes["gpu path"].worker_s.clear()
+                pipes["gpu path"].batch_s.clear()
             for r in range(args.rounds):
                 chunk = [files[(r * args.chunk + i) % len(files)] for i in range(args.chunk)]
                 for name in (pipes if r % 2 == 0 else reversed(list(pipes))):
@@ -147,11 +188,27 @@ def main(argv: list[str] | None = None) -> int:
                 "skipped roadmap/timm": f"{pipes['roadmap'].skipped}/{pipes['timm'].skipped} of {args.rounds * args.chunk}",
                 "target >= 1.0": verdict(ours / ref, 1.0, np.percentile(paired, 10), np.percentile(paired, 90)),
             })
+            if "gpu path" in pipes:
+                batch = pipes["gpu path"]
+                gpu = statistics.median(times["gpu path"])
+                paired = [a / b for a, b in zip(times["gpu path"], times["roadmap"])]
+                path_rows.append({
+                    "size": size, "batch device": args.gpu_path, "CPU path img/s": ours, "GPU path img/s": gpu,
+                    "ratio GPU/CPU path": gpu / ours,
+                    "per-chunk ratios p10-p90": f"{np.percentile(paired, 10):.3f}-{np.percentile(paired, 90):.3f}",
+                    "workers' part img/s": args.chunk / statistics.median(batch.worker_s),
+                    "batch part img/s": args.chunk / statistics.median(batch.batch_s),
+                })
             print(f"#   {size} px done", file=sys.stderr, flush=True)
     print_table(rows, ["size", "source", "roadmap img/s", "timm img/s", "ratio roadmap/timm", "per-chunk ratios p10-p90",
                        "ms/img roadmap",
                        "ms/img timm", "skipped roadmap/timm", "target >= 1.0"],
                 {"ratio roadmap/timm": 3, "roadmap img/s": 0, "timm img/s": 0})
+    if path_rows:
+        print(f"# data.augment_on: CPU path (decode + transform per image) against GPU path (decode + canvas per image, "
+              f"then BatchAugment on chunks of {args.chunk} on {args.gpu_path}), images/s per process\n")
+        print_table(path_rows, list(path_rows[0]), {"ratio GPU/CPU path": 3, "CPU path img/s": 0, "GPU path img/s": 0,
+                                                    "workers' part img/s": 0, "batch part img/s": 0})
     return 0
 
 

@@ -28,7 +28,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from roadmap.data import DataError
+from roadmap.data import DataError, augment_on
 from roadmap.ladder import LadderError, compose_arch, conf_dir
 from roadmap.model.config import ArchConfig
 from roadmap.results import (
@@ -337,6 +337,7 @@ def _run_fields(plan: RunPlan) -> dict[str, Any]:
         "sync_batchnorm": bool(cfg.trainer.sync_batchnorm),
         "precision": str(cfg.trainer.precision),
         "channels_last": bool(cfg.trainer.channels_last),
+        "augment_on": augment_on(cfg.data),
         "lr_scaled": int(cfg.recipe.global_batch) != int(cfg.recipe.optimizer.base_batch),
         "git_commit": git_commit(),
         "config_hash": plan.config_hash,

@@ -29,7 +29,8 @@ CASES = {
     "input_pipeline.py": [
         ["--sizes", "64,96", "--images", "8", "--chunk", "4", "--rounds", "2", "--source-size", "96",
          "--data-root", str(DATA)],
-        ["--sizes", "64", "--images", "4", "--chunk", "2", "--rounds", "1", "--recipe", "proxy", "--data-root", str(DATA)],
+        ["--sizes", "64", "--images", "4", "--chunk", "2", "--rounds", "1", "--recipe", "proxy", "--data-root", str(DATA),
+         "--gpu-path", "none"],
     ],
     "memory.py": [
         ["--size", "32", "--batch", "2", "--rungs", "endpoints", "--jobs", "1"],
@@ -56,6 +57,8 @@ GPU_CASES = {
     "train_step.py": [["--quick", "--device", "cuda", "--precision", "bf16", "--formats", "channels_last"]],
     "loop_overhead.py": [["--device", "cuda", "--precision", "bf16", "--channels-last", "--trials", "2", "--steps", "4"]],
     "memory.py": [["--quick", "--rungs", "endpoints", "--device", "cuda", "--precision", "bf16"]],
+    "input_pipeline.py": [["--sizes", "64,224", "--images", "16", "--chunk", "8", "--rounds", "2", "--gpu-path", "cuda",
+                           "--data-root", str(DATA)]],
 }
 
 

@@ -14,15 +14,16 @@
 Missing or malformed data raises `DataError`, whose message names the config key, its value and
 what would be valid.
 
-Modules: `sources` (where the images come from), `transforms` (CPU augmentation), `module` (the
+Modules: `sources` (where the images come from), `transforms` (CPU augmentation), `gpu_transforms`
+(the same augmentation on a batch on the model's device, `data.augment_on=gpu`), `module` (the
 datamodule and its config checks), `errors`.
 """
 from roadmap.data.errors import DataError
-from roadmap.data.module import RoadmapDataModule, build_datamodule, build_datasets
+from roadmap.data.module import RoadmapDataModule, augment_on, build_datamodule, build_datasets
 from roadmap.data.sources import DATASETS, IMAGENETTE_FOLDERS, SyntheticImages, locate_image_folder
 from roadmap.data.transforms import build_eval_transform, build_train_transform
 
 __all__ = [
-    "DATASETS", "IMAGENETTE_FOLDERS", "DataError", "RoadmapDataModule", "SyntheticImages", "build_datamodule",
+    "DATASETS", "IMAGENETTE_FOLDERS", "DataError", "RoadmapDataModule", "SyntheticImages", "augment_on", "build_datamodule",
     "build_datasets", "build_eval_transform", "build_train_transform", "locate_image_folder",
 ]

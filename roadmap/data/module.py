@@ -13,6 +13,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
 from roadmap.data.errors import DataError
+from roadmap.data.gpu_transforms import AUGMENT_ON, BatchAugment, SourceTransform
 from roadmap.data.memory import InMemoryImages, cache_dir, fits_in_memory
 from roadmap.data.sources import (
     BAD_IMAGE_POLICIES, CIFAR, DATASETS, SyntheticImages, cifar, image_folder, locate_image_folder,
@@ -41,6 +42,12 @@ def _in_memory(folder: Path, splits: list[Dataset], data_cfg: Mapping[str, Any])
     return [InMemoryImages(split, cache, on_bad_image) for split in splits]
 
 
+def augment_on(data_cfg: Mapping[str, Any]) -> str:
+    """data.augment_on: where the training batch is augmented ("cpu": loader workers, per image; "gpu":
+    the model's device, per batch). Synthetic data is never augmented."""
+    return "cpu" if data_cfg["name"] == "synthetic" else str(data_cfg.get("augment_on", "cpu"))
+
+
 def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
     """The (train, val) datasets for `data_cfg`, with their transforms; checks the class count."""
     name = data_cfg["name"]
@@ -53,7 +60,10 @@ def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) 
             SyntheticImages(int(data_cfg["val_size"]), num_classes, image_size, seed, split=1),
         )
 
-    train_tf = build_train_transform(image_size, augment_cfg)
+    if augment_on(data_cfg) == "gpu":  # the workers decode; the datamodule augments the batch on the device
+        train_tf = SourceTransform(image_size, augment_cfg)
+    else:
+        train_tf = build_train_transform(image_size, augment_cfg)
     eval_tf = build_eval_transform(image_size, augment_cfg)
     if name in CIFAR:
         train_set, val_set = cifar(data_cfg, True, train_tf), cifar(data_cfg, False, eval_tf)
@@ -90,6 +100,8 @@ class RoadmapDataModule(L.LightningDataModule):
         self.num_workers = data_cfg.get("num_workers", "auto")
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        gpu = augment_on(data_cfg) == "gpu"
+        self.batch_augment = BatchAugment(int(data_cfg["image_size"]), augment_cfg) if gpu else None
 
     def prepare_data(self) -> None:
         name = self.data_cfg["name"]
@@ -103,6 +115,8 @@ class RoadmapDataModule(L.LightningDataModule):
         if self.train_set is None:  # prepare_data ran in another process, or not at all
             self.train_set, self.val_set = build_datasets(self.data_cfg, self.augment_cfg)
         world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_augment is not None:  # the run's seed (seed_everything), distinct per rank
+            self.batch_augment.seed(torch.initial_seed() + 7919 * (self.trainer.global_rank if self.trainer else 0))
         if len(self.train_set) < self.per_device_batch * world:
             raise DataError(
                 f"data: the training split has {len(self.train_set)} images, fewer than one batch "
@@ -132,6 +146,22 @@ class RoadmapDataModule(L.LightningDataModule):
             worker_init_fn=partial(pl_worker_init_function, rank=rank) if workers > 0 else None,
         )
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """data.augment_on=gpu: augment the training batch (uint8 canvases and their sizes) on its device,
+        before the LightningModule's MixUp/CutMix; validation batches pass as they are."""
+        if self.batch_augment is None or self.trainer is None or not self.trainer.training:
+            return batch
+        (images, sizes), labels = batch
+        return self.batch_augment(images, sizes), labels
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: the GPU path's generator, so a resumed run draws what it would have."""
+        return {"batch_augment_rng": self.batch_augment.rng_state} if self.batch_augment is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.batch_augment is not None and "batch_augment_rng" in state_dict:
+            self.batch_augment.rng_state = state_dict["batch_augment_rng"]
+
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
 
@@ -153,6 +183,8 @@ def build_datamodule(cfg: Mapping[str, Any], per_device_batch: int) -> RoadmapDa
         raise DataError(f"data.num_workers={workers!r} must be 'auto' or an integer >= 0.")
     if data_cfg.get("in_memory", "auto") not in IN_MEMORY:
         raise DataError(f"data.in_memory={data_cfg['in_memory']!r} must be one of auto, true, false.")
+    if data_cfg.get("augment_on", "cpu") not in AUGMENT_ON:
+        raise DataError(f"data.augment_on={data_cfg['augment_on']!r} must be one of {AUGMENT_ON}.")
     if data_cfg.get("on_bad_image", "skip") not in BAD_IMAGE_POLICIES:
         raise DataError(f"data.on_bad_image={data_cfg['on_bad_image']!r} must be one of {BAD_IMAGE_POLICIES}.")
     if per_device_batch <= 0:

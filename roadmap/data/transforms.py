@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageOps
-from timm.data.auto_augment import rand_augment_transform
+from timm.data.auto_augment import RandAugment, rand_augment_transform
 from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_interp_mode, str_to_pil_interp
 from torchvision import transforms
@@ -35,6 +35,29 @@ def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
     return ImageOps.posterize(img, bits_to_keep)
 
 
+def build_rand_augment(image_size: int, augment_cfg: Mapping[str, Any]) -> RandAugment | None:
+    """timm's RandAugment for `recipe.augment.randaugment` (None when it is off), as both paths use it:
+    the CPU path applies it to PIL images, the GPU path reads its ops, probabilities and magnitudes."""
+    randaugment = augment_cfg["randaugment"]
+    if not randaugment:
+        return None
+    if not str(randaugment).startswith("rand"):
+        raise DataError(
+            f"recipe.augment.randaugment={randaugment!r} is not a timm RandAugment string; "
+            "use e.g. 'rand-m9-mstd0.5-inc1', or null to disable it."
+        )
+    hparams = dict(
+        translate_const=int(image_size * 0.45),
+        img_mean=tuple(min(255, round(255 * float(m))) for m in augment_cfg["mean"]),
+        interpolation=str_to_pil_interp(_interpolation(augment_cfg)),
+    )
+    rand_augment = rand_augment_transform(str(randaugment), hparams)
+    for op in rand_augment.ops:
+        if op.name.startswith("Posterize"):
+            op.aug_fn = _posterize
+    return rand_augment
+
+
 def build_train_transform(image_size: int, augment_cfg: Mapping[str, Any]) -> transforms.Compose:
     """The training transform: timm's `create_transform(is_training=True)` pipeline for these settings.
 
@@ -55,22 +78,8 @@ def build_train_transform(image_size: int, augment_cfg: Mapping[str, Any]) -> tr
     ]
     if augment_cfg["hflip"] > 0:
         steps.append(transforms.RandomHorizontalFlip(p=float(augment_cfg["hflip"])))
-    randaugment = augment_cfg["randaugment"]
-    if randaugment:
-        if not str(randaugment).startswith("rand"):
-            raise DataError(
-                f"recipe.augment.randaugment={randaugment!r} is not a timm RandAugment string; "
-                "use e.g. 'rand-m9-mstd0.5-inc1', or null to disable it."
-            )
-        hparams = dict(
-            translate_const=int(image_size * 0.45),
-            img_mean=tuple(min(255, round(255 * m)) for m in mean),
-            interpolation=str_to_pil_interp(interpolation),
-        )
-        rand_augment = rand_augment_transform(str(randaugment), hparams)
-        for op in rand_augment.ops:
-            if op.name.startswith("Posterize"):
-                op.aug_fn = _posterize
+    rand_augment = build_rand_augment(image_size, augment_cfg)
+    if rand_augment is not None:
         steps.append(rand_augment)
     elif (augment_cfg["color_jitter"] or 0) > 0:
         # A scalar jitters brightness, contrast and saturation alike, no hue (timm's convention).
