@@ -15,7 +15,8 @@ Missing or malformed data raises `DataError`, whose message names the config key
 what would be valid.
 
 Modules: `sources` (where the images come from), `transforms` (CPU augmentation), `module` (the
-datamodule and its config checks), `errors`.
+datamodule and its config checks), `memory` (data.in_memory), `shards` (data.format=shards: litdata
+shards and their writer command), `gpu_decode` (data.decode_on=gpu), `errors`.
 """
 from roadmap.data.errors import DataError
 from roadmap.data.module import RoadmapDataModule, build_datamodule, build_datasets
