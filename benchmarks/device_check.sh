@@ -5,7 +5,8 @@
 #   bash benchmarks/device_check.sh --tiny     # a dry run of every part at tiny sizes (CPU is fine)
 #
 # Parts: train_step at 224 px bf16 channels_last (endpoints + references, eager and compile),
-# loop_overhead at 64 and 224 px, the input pipeline per worker (CPU path), the main job for 3 epochs
+# loop_overhead at 64 and 224 px, the input pipeline per worker (CPU path) and data.decode_on=gpu's batch
+# JPEG decode + crop against one CPU worker, the main job for 3 epochs
 # on each data path (JPEG decode per epoch, in memory), and the GPU-marked tests (pytest -m gpu).
 # Without CUDA the GPU parts are marked "not run" (--tiny runs them on the CPU, to try the script). Each part has a time cap, runs in its own process
 # group (killed with it, loader workers included) and writes $OUT/<part>.log; a failing part does
@@ -70,6 +71,7 @@ if [[ $TINY == 1 ]]; then
         --formats channels_last)
   LOOP=(--steps 2 --trials 1 --batch 8)
   PIPE=(--images 8 --chunk 4 --rounds 2 --source-size 96 --sizes 64,96)
+  DECODE=(--images 8 --chunk 4 --rounds 2 --source-size 96 --sizes 96 --decode-device cpu --gpu-batch 8)
   MAIN=(experiment=smoke "data.root=${ROADMAP_DATA_DIR:-../shared/data}/imagenette2-64-mini" recipe.epochs=1
         trainer.limit_val_batches=2)
   SIZES=(32 48)
@@ -78,6 +80,7 @@ else
   STEP=(--sizes 224 --rungs endpoints --batch 128 --ref-steps 5 --warmup 2 --formats channels_last)
   LOOP=(--steps 16 --trials 3)
   PIPE=(--rounds 10)
+  DECODE=(--rounds 10 --sizes 224)
   MAIN=(experiment=imagenette_proxy recipe.epochs=3)
   SIZES=(64 224)
 fi
@@ -88,6 +91,7 @@ for size in "${SIZES[@]}"; do
   gpu_part "loop_overhead_$size" 60 python benchmarks/loop_overhead.py "${DEV[@]}" --channels-last --size "$size" "${LOOP[@]}"
 done
 part input_pipeline_cpu 45 python benchmarks/input_pipeline.py "${PIPE[@]}"
+gpu_part input_pipeline_gpu_decode 90 python benchmarks/input_pipeline.py --gpu-decode "${DECODE[@]}"
 row input_pipeline_gpu "not run (no GPU augmentation path yet: data.augment_on is not implemented)" 0 "–"
 for memory in false true; do
   gpu_part "main_job_in_memory_$memory" 75 python -m roadmap.run step=separate_downsampling "${MAIN[@]}" \

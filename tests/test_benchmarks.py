@@ -30,6 +30,8 @@ CASES = {
         ["--sizes", "64,96", "--images", "8", "--chunk", "4", "--rounds", "2", "--source-size", "96",
          "--data-root", str(DATA)],
         ["--sizes", "64", "--images", "4", "--chunk", "2", "--rounds", "1", "--recipe", "proxy", "--data-root", str(DATA)],
+        ["--sizes", "64", "--images", "4", "--chunk", "2", "--rounds", "1", "--gpu-decode", "--decode-device", "cpu",
+         "--gpu-batch", "4", "--data-root", str(DATA)],
     ],
     "memory.py": [
         ["--size", "32", "--batch", "2", "--rungs", "endpoints", "--jobs", "1"],
@@ -56,6 +58,8 @@ GPU_CASES = {
     "train_step.py": [["--quick", "--device", "cuda", "--precision", "bf16", "--formats", "channels_last"]],
     "loop_overhead.py": [["--device", "cuda", "--precision", "bf16", "--channels-last", "--trials", "2", "--steps", "4"]],
     "memory.py": [["--quick", "--rungs", "endpoints", "--device", "cuda", "--precision", "bf16"]],
+    "input_pipeline.py": [["--sizes", "224", "--images", "64", "--chunk", "16", "--rounds", "2", "--gpu-decode",
+                           "--gpu-batch", "64", "--data-root", str(DATA)]],
 }
 
 

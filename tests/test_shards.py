@@ -14,6 +14,7 @@ from litdata.utilities.env import _DistributedEnv
 from PIL import Image
 from torchvision.datasets.folder import pil_loader
 
+from roadmap import shards as shards_command
 from roadmap.data import DataError, build_datamodule, shards
 from tests.test_data import make_cfg, seed_all, write_bad_images, write_fake_imagenet_archives, write_images
 
@@ -55,7 +56,8 @@ def test_manifest(written: tuple[Path, Path]) -> None:
     source, out = written
     manifest = json.loads((out / shards.MANIFEST).read_text())
     assert manifest["classes"] == WNIDS and manifest["source"] == str(source)
-    assert manifest["splits"] == {"train": {"images": 6 + 7 + 8, "skipped": []}, "val": {"images": 3 + 3 + 4, "skipped": []}}
+    assert manifest["splits"] == {"train": {"images": 6 + 7 + 8, "skipped": []},
+                                  "val": {"images": 3 + 3 + 4, "skipped": []}}
     assert len(list((out / "train").glob("chunk-*.bin"))) > 1 and not list(out.glob(".*.partial"))
 
 
@@ -114,10 +116,10 @@ def test_writer_refuses_to_overwrite(written: tuple[Path, Path], capsys: pytest.
     with pytest.raises(DataError, match="--force") as err:
         shards.write_shards(source, out)
     assert str(out) in str(err.value) and "\n" not in str(err.value)
-    assert shards.main([str(source), str(out)]) == 2
+    assert shards_command.main([str(source), str(out)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     write_images(source / "train" / WNIDS[0], 9, ".JPEG")  # 3 more images
-    assert shards.main([str(source), str(out), "--force"]) == 0
+    assert shards_command.main([str(source), str(out), "--force"]) == 0
     assert "3 classes, train 24 images (0 skipped), val 10 images" in capsys.readouterr().out
 
 

@@ -1,28 +1,20 @@
-"""ImageNet in shards (`data.format`): litdata chunks, for clusters where opening 1.3M small files on a
-network filesystem is the bottleneck. Each split is a folder of ~64 MB chunk files holding every image's
-JPEG bytes as they were (no re-encode), its class index, its path under the split and a CRC-32; the
+"""ImageNet in shards (`data.format=shards`): litdata chunks, for clusters where opening 1.3M small files
+on a network filesystem is the bottleneck. Each split is a folder of ~64 MB chunk files holding every
+image's JPEG bytes as they were (no re-encode), its class index, its path under the split and a CRC-32; the
 manifest `roadmap-shards.json` beside them names the classes (wnids, in ImageFolder order) and the
 counts per split.
 
-    python -m roadmap.data.shards <source> <out> [--force] [--chunk-mb 64] [--on-bad-image skip|error]
-
-<source> is any layout `data=imagenet` reads (train/ and val/ class folders, or the official archives +
-devkit, extracted first). Each split is written into `<out>/.<split>.partial` and renamed when complete,
-and the manifest comes last: rerunning an interrupted command keeps the finished splits; a finished
-output is only rewritten with --force.
-
-Reading: litdata's `StreamingDataset` (each DDP rank and loader worker streams its own chunks; the
-order is shuffled per epoch from the run seed) behind `StreamingDataLoader`.
+Written by `write_shards` (the command `python -m roadmap.shards`, see there). Read by litdata's
+`StreamingDataset` (each DDP rank and loader worker streams its own chunks; the training order is
+shuffled per epoch from the run seed) behind its `StreamingDataLoader`.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
 import os
 import shutil
-import sys
 import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
@@ -43,6 +35,7 @@ SPLITS = ("train", "val")
 SPLIT_INFO = "roadmap-split.json"  # per split, inside its folder: what the manifest says of it
 FORMATS = ("auto", "folder", "shards")
 INSTALL = "pip install 'roadmap[shards]' (litdata)"
+REWRITE = "write the shards again with python -m roadmap.shards <source> <out> --force"
 
 
 def require_litdata(what: str) -> Any:
@@ -64,6 +57,11 @@ def check_decodes(data: bytes) -> None:
         img.load()
 
 
+def shard_item(data: bytes, label: int, path: str, index: int) -> dict[str, Any]:
+    """One stored sample. The path is bytes: a str field makes litdata read every item ~30x slower."""
+    return {"jpeg": data, "label": label, "path": path.encode(), "index": index, "crc": zlib.crc32(data)}
+
+
 def _write_split(split_dir: Path, out: Path, chunk_bytes: int, on_bad_image: str) -> dict[str, Any]:
     """One split into `out` (a fresh folder); its info (images, skipped, source)."""
     from litdata.streaming.writer import BinaryWriter
@@ -79,8 +77,7 @@ def _write_split(split_dir: Path, out: Path, chunk_bytes: int, on_bad_image: str
             bad_image(path, describe(error), on_bad_image)
             skipped.append(path)
             continue
-        key = str(Path(path).relative_to(split_dir))
-        writer[count] = {"jpeg": data, "label": label, "path": key, "index": count, "crc": zlib.crc32(data)}
+        writer[count] = shard_item(data, label, str(Path(path).relative_to(split_dir)), count)
         count += 1
         if count % 10_000 == 0:
             log.info("%s: %d of %d images written", split_dir, count, len(dataset))
@@ -122,7 +119,8 @@ def write_shards(source: Path, out: Path, force: bool = False, chunk_bytes: int 
         infos[split] = _write_split(folder / split, partial, chunk_bytes, on_bad_image)
         partial.rename(done)
     if infos["train"]["classes"] != infos["val"]["classes"]:
-        raise DataError(f"source: {folder}/train and {folder}/val have different class folders; both need the same classes.")
+        raise DataError(f"source: {folder}/train and {folder}/val have different class folders; both need the "
+                        "same classes.")
     manifest = {
         "format": "litdata", "version": MANIFEST_VERSION, "classes": infos["train"]["classes"],
         "splits": {split: {"images": info["images"], "skipped": info["skipped"]} for split, info in infos.items()},
@@ -145,11 +143,10 @@ def read_manifest(root: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
         ok = manifest["format"] == "litdata" and manifest["version"] == MANIFEST_VERSION
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise DataError(f"data.root={root}: cannot read the shard manifest {path} ({describe(err)}); write the shards "
-                        "again with python -m roadmap.data.shards <source> <out> --force.") from err
+        raise DataError(f"data.root={root}: cannot read the shard manifest {path} ({describe(err)}); {REWRITE}.") from err
     if not ok:
-        raise DataError(f"data.root={root}: {path} is not a version-{MANIFEST_VERSION} litdata shard manifest; write the "
-                        "shards again with python -m roadmap.data.shards <source> <out> --force.")
+        raise DataError(f"data.root={root}: {path} is not a version-{MANIFEST_VERSION} litdata shard manifest; "
+                        f"{REWRITE}.")
     return manifest
 
 
@@ -159,8 +156,7 @@ def chunk_files(split_dir: Path) -> list[tuple[Path, int]]:
     try:
         chunks = json.loads(index_path.read_text())["chunks"]
     except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"data.root: cannot read the shard index {index_path} ({describe(err)}); write the shards "
-                        "again with python -m roadmap.data.shards <source> <out> --force.") from err
+        raise DataError(f"data.root: cannot read the shard index {index_path} ({describe(err)}); {REWRITE}.") from err
     files = []
     for chunk in chunks:
         path = split_dir / chunk["filename"]
@@ -168,8 +164,7 @@ def chunk_files(split_dir: Path) -> list[tuple[Path, int]]:
         if size != chunk["chunk_bytes"]:
             found = "missing" if size is None else f"{size} bytes"
             raise DataError(f"data.root: shard {path} is truncated or damaged ({found}, the index says "
-                            f"{chunk['chunk_bytes']}); write the shards again with python -m roadmap.data.shards "
-                            "<source> <out> --force.")
+                            f"{chunk['chunk_bytes']}); {REWRITE}.")
         files.append((path, int(chunk["chunk_size"])))
     return files
 
@@ -197,9 +192,8 @@ class ShardSample:
                 return torch.frombuffer(bytearray(data), dtype=torch.uint8), label
             image = Image.open(io.BytesIO(data)).convert("RGB")  # the pixels pil_loader gives
         except Exception as error:  # noqa: BLE001 - any damage, named with its file
-            raise DataError(f"data.root: image {item['path']} in shard {self.chunk_of(item['index'])} is damaged "
-                            f"({describe(error)}); write the shards again with python -m roadmap.data.shards "
-                            "<source> <out> --force.") from error
+            raise DataError(f"data.root: image {item['path'].decode()} in shard {self.chunk_of(item['index'])} is damaged "
+                            f"({describe(error)}); {REWRITE}.") from error
         return (self.transform(image) if self.transform is not None else image), label
 
 
@@ -207,10 +201,12 @@ def open_split(root: Path, split: str, transform: Callable | None, classes: list
     """One split as a litdata StreamingDataset of (sample, label), with `classes` set; shuffled when training,
     from the run seed (Lightning's PL_GLOBAL_SEED, as its DistributedSampler), a new order each epoch."""
     litdata = require_litdata("data.format=shards")
+    logging.getLogger("litdata").setLevel(logging.WARNING)  # its INFO lines (cache size, mmap) repeat every epoch
     train = split == "train"
     sample = ShardSample(root / split, transform, raw)
     dataset = litdata.StreamingDataset(
-        str(root / split), shuffle=train, drop_last=train, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), transform=sample
+        str(root / split), shuffle=train, drop_last=train, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+        transform=sample,
     )
     dataset.classes, dataset.shard_sample = classes, sample
     return dataset
@@ -249,31 +245,5 @@ def resolve_format(data_cfg: Mapping[str, Any], root: Path) -> str:
         return "shards" if has_manifest(root) else "folder"
     if fmt == "shards" and not has_manifest(root):
         raise DataError(f"data.format=shards but data.root={root} holds no {MANIFEST}; write shards there with "
-                        "python -m roadmap.data.shards <source> <out>, or use data.format=folder.")
+                        "python -m roadmap.shards <source> <out>, or use data.format=folder.")
     return fmt
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m roadmap.data.shards", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", type=Path, help="an ImageNet layout: train/ and val/ class folders, or the archives")
-    parser.add_argument("out", type=Path, help="the shard folder to write (data.root for data.format=shards)")
-    parser.add_argument("--force", action="store_true", help="rewrite a finished output")
-    parser.add_argument("--chunk-mb", type=float, default=64, help="size of a chunk file in MiB (default 64)")
-    parser.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
-                        help="an unreadable image: skip (logged, listed in the manifest) or stop")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        manifest = write_shards(args.source, args.out, args.force, int(args.chunk_mb * 2**20), args.on_bad_image)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    counts = ", ".join(f"{split} {info['images']} images ({len(info['skipped'])} skipped)"
-                       for split, info in manifest["splits"].items())
-    print(f"wrote {args.out}: {len(manifest['classes'])} classes, {counts}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
