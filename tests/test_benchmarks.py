@@ -33,6 +33,7 @@ CASES = {
         ["--sizes", "64", "--images", "4", "--chunk", "2", "--rounds", "1", "--gpu-decode", "--decode-device", "cpu",
          "--gpu-batch", "4", "--data-root", str(DATA)],
     ],
+    "shard_formats.py": [["--limit", "20", "--rounds", "1", "--data-root", str(DATA)]],
     "memory.py": [
         ["--size", "32", "--batch", "2", "--rungs", "endpoints", "--jobs", "1"],
         ["--size", "32", "--batch", "2", "--rungs", "resnet50,gelu", "--no-references", "--channels-last", "--rss",
