@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -205,3 +206,34 @@ def test_with_workers(written: tuple[Path, Path]) -> None:
     seed_all(0)
     labels = torch.cat([labels for _, labels in dm.val_dataloader()])
     assert sorted(labels.tolist()) == [0] * 3 + [1] * 3 + [2] * 4
+
+
+class LabelRecorder(L.LightningModule):
+    """A linear model that records the labels of every training batch, per epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3 * 8 * 8, len(WNIDS))
+        self.seen: dict[int, list[int]] = {}
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        self.seen.setdefault(self.current_epoch, []).extend(labels.tolist())
+        return torch.nn.functional.cross_entropy(self.layer(images.flatten(1)), labels)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_lightning_epochs_reshuffle(written: tuple[Path, Path], workers: int) -> None:
+    """Through Lightning's fit loop: full batches, and each epoch its own order of the training images."""
+    _, out = written
+    dm = build_datamodule(cfg(out, **{"data.image_size": 8, "data.num_workers": workers}), per_device_batch=4)
+    model = LabelRecorder()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    orders = [model.seen[epoch] for epoch in range(3)]
+    assert all(len(order) == 20 for order in orders)  # 21 images, 5 full batches of 4
+    assert orders[0] != orders[1] != orders[2]

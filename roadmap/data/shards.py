@@ -224,8 +224,9 @@ def is_shard_split(dataset: Any) -> bool:
 
 
 def dataloader(dataset: Any, **kwargs: Any) -> Any:
-    """litdata's StreamingDataLoader: it sets the dataset's epoch (a new shuffle) on every pass. Its workers
-    are not persistent: a persistent worker would keep the first epoch's order."""
+    """litdata's StreamingDataLoader: it sets the dataset's epoch (the shuffle's key, with the seed) on every
+    pass, in this process. Its workers are not persistent: a new worker copies that epoch, while litdata
+    passes nothing to a persistent one."""
     from litdata import StreamingDataLoader
 
     return StreamingDataLoader(dataset, **{**kwargs, "persistent_workers": False})
