@@ -172,8 +172,9 @@ def test_unreadable_source_images(tmp_path: Path, policy: str) -> None:
     first = source / "train" / WNIDS[0]
     bad = write_bad_images(first, first / "img0.JPEG")
     if policy == "error":
-        with pytest.raises(DataError, match="cannot read image"):
+        with pytest.raises(DataError, match="--on-bad-image skip") as err:
             shards.write_shards(source, tmp_path / "shards", on_bad_image="error")
+        assert str(bad[0]) in str(err.value) and "\n" not in str(err.value)
         return
     manifest = shards.write_shards(source, tmp_path / "shards")
     assert sorted(manifest["splits"]["train"]["skipped"]) == [str(path) for path in bad]

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from roadmap.data.errors import DataError
-from roadmap.data.sources import bad_image, describe, image_folder, locate_image_folder
+from roadmap.data.sources import describe, image_folder, locate_image_folder
 
 log = logging.getLogger("roadmap.data")
 
@@ -74,7 +74,10 @@ def _write_split(split_dir: Path, out: Path, chunk_bytes: int, on_bad_image: str
         try:
             check_decodes(data)
         except Exception as error:  # noqa: BLE001 - any unreadable image, per on_bad_image
-            bad_image(path, describe(error), on_bad_image)
+            if on_bad_image == "error":
+                raise DataError(f"source: cannot read image {path} ({describe(error)}); --on-bad-image skip leaves "
+                                "unreadable images out (listed in the manifest).") from error
+            log.warning("skipping unreadable image %s (%s)", path, describe(error))
             skipped.append(path)
             continue
         writer[count] = shard_item(data, label, str(Path(path).relative_to(split_dir)), count)
