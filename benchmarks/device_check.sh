@@ -5,9 +5,10 @@
 #   bash benchmarks/device_check.sh --tiny     # a dry run of every part at tiny sizes (CPU is fine)
 #
 # Parts: train_step at 224 px bf16 channels_last (endpoints + references, eager and compile),
-# loop_overhead at 64 and 224 px, the input pipeline per worker (CPU path) and with the GPU path's batch
-# augmentation on the GPU (data.augment_on=gpu), the main job for 3 epochs on each data path (JPEG decode
-# per epoch, in memory, in memory with data.augment_on=gpu), and the GPU-marked tests (pytest -m gpu).
+# loop_overhead at 64 and 224 px, the input pipeline per worker (CPU path), with the GPU path's batch
+# augmentation on the GPU (data.augment_on=gpu), and data.decode_on=gpu's batch JPEG decode + crop
+# against one CPU worker; the main job for 3 epochs on each data path (JPEG decode per epoch, in
+# memory, in memory with data.augment_on=gpu), and the GPU-marked tests (pytest -m gpu).
 # Without CUDA the GPU parts are marked "not run" (--tiny runs them on the CPU, to try the script). Each part has a time cap, runs in its own process
 # group (killed with it, loader workers included) and writes $OUT/<part>.log; a failing part does
 # not stop the others. $OUT defaults to ./device_check_out; CAP_SCALE multiplies every cap.
@@ -71,6 +72,7 @@ if [[ $TINY == 1 ]]; then
         --formats channels_last)
   LOOP=(--steps 2 --trials 1 --batch 8)
   PIPE=(--images 8 --chunk 4 --rounds 2 --source-size 96 --sizes 64,96)
+  DECODE=(--images 8 --chunk 4 --rounds 2 --source-size 96 --sizes 96 --decode-device cpu --gpu-batch 8)
   MAIN=(experiment=smoke "data.root=${ROADMAP_DATA_DIR:-../shared/data}/imagenette2-64-mini" recipe.epochs=1
         trainer.limit_val_batches=2)
   SIZES=(32 48)
@@ -80,6 +82,7 @@ else
   STEP=(--sizes 224 --rungs endpoints --batch 128 --ref-steps 5 --warmup 2 --formats channels_last)
   LOOP=(--steps 16 --trials 3)
   PIPE=(--rounds 10)
+  DECODE=(--rounds 10 --sizes 224)
   MAIN=(experiment=imagenette_proxy recipe.epochs=3)
   SIZES=(64 224)
   AUG_DEVICE=cuda
@@ -92,6 +95,7 @@ for size in "${SIZES[@]}"; do
 done
 part input_pipeline_cpu 45 python benchmarks/input_pipeline.py "${PIPE[@]}" --gpu-path none
 gpu_part input_pipeline_gpu 60 python benchmarks/input_pipeline.py "${PIPE[@]}" --gpu-path "$AUG_DEVICE"
+gpu_part input_pipeline_gpu_decode 90 python benchmarks/input_pipeline.py --gpu-decode "${DECODE[@]}"
 for memory in false true; do
   gpu_part "main_job_in_memory_$memory" 75 python -m roadmap.run step=separate_downsampling "${MAIN[@]}" \
     "data.in_memory=$memory" "output_root=$OUT/runs/main_job_in_memory_$memory" force=true

@@ -10,6 +10,7 @@ with the GPU path (`data.augment_on=gpu`): per image, decode + `SourceTransform`
 then `BatchAugment` on the chunk as one batch on `--gpu-path` (cpu by default: CPU tensors, one
 thread; cuda: synchronized before the clock stops). Its rounds interleave with the others, on the
 same chunks; the ratio is GPU path / CPU path, both per process.
+    python benchmarks/input_pipeline.py --gpu-decode         # + data.decode_on=gpu's batch decode on CUDA
 
 One process, one thread (torch.set_num_threads(1), as in a DataLoader worker), no DataLoader: for
 each image, open + decode + convert to RGB (torchvision's pil_loader, as roadmap's ImageFolder),
@@ -25,6 +26,13 @@ timm's RandAugment posterize raises ValueError on Pillow >= 13 when it asks for 
 (magnitudes >= 10, which m9-mstd0.5 reaches for ~0.2% of images; roadmap.data patches its own
 copy). An image whose transform raises is counted as skipped, in either pipeline, and left out of
 the images of the chunk (its time stays in).
+
+`--gpu-decode` adds a second table: `roadmap.data.gpu_decode.DeviceDecode` (data.decode_on=gpu: one
+batched `decode_jpeg` on `--decode-device`, then RandomResizedCrop, flip, Normalize and RandomErasing
+there) on batches of `--gpu-batch` JPEGs already in memory, against one CPU worker doing the same ops
+(PIL decode + `build_train_transform` without RandAugment, which the GPU path does not do), taking
+turns round by round; the ratio is how many CPU workers one GPU decode stands for. Without CUDA it
+prints "not run" (`--decode-device cpu` tries the path on the CPU).
 """
 from __future__ import annotations
 
@@ -130,6 +138,41 @@ class BatchPipeline:
         return end - start, len(files)
 
 
+def gpu_decode_row(files: list[Path], size: int, src: str, aug: dict, args: argparse.Namespace) -> dict | None:
+    """DeviceDecode img/s on --decode-device against one CPU worker with the same ops; None without CUDA."""
+    from roadmap.data.gpu_decode import DeviceDecode, read_bytes
+
+    device = torch.device(args.decode_device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return None
+    same_ops = {**aug, "randaugment": None, "color_jitter": 0.0}
+    decode, cpu = DeviceDecode(size, same_ops, device), Pipeline(build_train_transform(size, same_ops))
+    data = [read_bytes(str(f)) for f in files]
+    batch_of = lambda r: [data[(r * args.gpu_batch + i) % len(data)] for i in range(args.gpu_batch)]  # noqa: E731
+
+    def on_device(batch: list[torch.Tensor]) -> float:
+        start = time.perf_counter()
+        decode(batch, train=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return len(batch) / (time.perf_counter() - start)
+
+    on_device(batch_of(0))  # warm-up: nvjpeg handles, kernels
+    cpu.chunk(files[: args.chunk], seed=0)
+    times: dict[str, list[float]] = {"device": [], "cpu": []}
+    for r in range(args.rounds):
+        chunk = [files[(r * args.chunk + i) % len(files)] for i in range(args.chunk)]
+        for part in (("device", "cpu") if r % 2 == 0 else ("cpu", "device")):
+            if part == "device":
+                times["device"].append(on_device(batch_of(r)))
+            else:
+                seconds, done = cpu.chunk(chunk, seed=r)
+                times["cpu"].append(done / seconds)
+    ours, ref = statistics.median(times["device"]), statistics.median(times["cpu"])
+    return {"size": size, "source": src, "device": str(device), "batch": args.gpu_batch, "decode img/s": ours,
+            "1 CPU worker img/s": ref, "ratio (CPU workers)": ours / ref}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="64,224", help="training image sizes (default 64,224)")
@@ -143,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="conf/recipe/<name>.yaml for the augmentation (default paper)")
     parser.add_argument("--gpu-path", default="cpu",
                         help="device of the GPU path's batch part: cpu (CPU tensors), cuda, or none to leave it out")
+    parser.add_argument("--gpu-decode", action="store_true", help="also time data.decode_on=gpu's DeviceDecode")
+    parser.add_argument("--decode-device", default="cuda", help="device for --gpu-decode (default cuda)")
+    parser.add_argument("--gpu-batch", type=int, default=256, help="JPEGs per batch for --gpu-decode (default 256)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -155,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({aug['random_erasing_mode']}), Normalize\n")
     source = pick_images(args.data_root / "imagenette2-64" / "train", args.images)
 
-    rows, path_rows = [], []
+    rows, path_rows, decode_rows = [], [], []
     with tempfile.TemporaryDirectory(prefix="roadmap-pipeline-") as tmp:
         for size in [int(s) for s in args.sizes.split(",") if s]:
             files = source
@@ -199,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                     "workers' part img/s": args.chunk / statistics.median(batch.worker_s),
                     "batch part img/s": args.chunk / statistics.median(batch.batch_s),
                 })
+            if args.gpu_decode and (row := gpu_decode_row(files, size, src, aug, args)) is not None:
+                decode_rows.append(row)
             print(f"#   {size} px done", file=sys.stderr, flush=True)
     print_table(rows, ["size", "source", "roadmap img/s", "timm img/s", "ratio roadmap/timm", "per-chunk ratios p10-p90",
                        "ms/img roadmap",
@@ -209,6 +257,14 @@ def main(argv: list[str] | None = None) -> int:
               f"then BatchAugment on chunks of {args.chunk} on {args.gpu_path}), images/s per process\n")
         print_table(path_rows, list(path_rows[0]), {"ratio GPU/CPU path": 3, "CPU path img/s": 0, "GPU path img/s": 0,
                                                     "workers' part img/s": 0, "batch part img/s": 0})
+    if args.gpu_decode:
+        print(f"# data.decode_on=gpu: DeviceDecode on {args.decode_device} (batches of {args.gpu_batch} JPEGs in "
+              "memory) against one CPU worker with the same ops (decode, RandomResizedCrop, flip, Normalize, erasing)\n")
+        if decode_rows:
+            print_table(decode_rows, ["size", "source", "device", "batch", "decode img/s", "1 CPU worker img/s",
+                                      "ratio (CPU workers)"], {"decode img/s": 0, "1 CPU worker img/s": 0})
+        else:
+            print(f"GPU decode: not run (no CUDA for --decode-device {args.decode_device})")
     return 0
 
 

@@ -31,7 +31,10 @@ CASES = {
          "--data-root", str(DATA)],
         ["--sizes", "64", "--images", "4", "--chunk", "2", "--rounds", "1", "--recipe", "proxy", "--data-root", str(DATA),
          "--gpu-path", "none"],
+        ["--sizes", "64", "--images", "4", "--chunk", "2", "--rounds", "1", "--gpu-decode", "--decode-device", "cpu",
+         "--gpu-batch", "4", "--data-root", str(DATA)],
     ],
+    "shard_formats.py": [["--limit", "20", "--rounds", "1", "--data-root", str(DATA)]],
     "memory.py": [
         ["--size", "32", "--batch", "2", "--rungs", "endpoints", "--jobs", "1"],
         ["--size", "32", "--batch", "2", "--rungs", "resnet50,gelu", "--no-references", "--channels-last", "--rss",
@@ -59,6 +62,8 @@ GPU_CASES = {
     "memory.py": [["--quick", "--rungs", "endpoints", "--device", "cuda", "--precision", "bf16"]],
     "input_pipeline.py": [["--sizes", "64,224", "--images", "16", "--chunk", "8", "--rounds", "2", "--gpu-path", "cuda",
                            "--data-root", str(DATA)]],
+    "input_pipeline.py": [["--sizes", "224", "--images", "64", "--chunk", "16", "--rounds", "2", "--gpu-decode",
+                           "--gpu-batch", "64", "--data-root", str(DATA)]],
 }
 
 

@@ -288,6 +288,8 @@ def test_checkpoint_of_another_run_is_refused(smoke_run, tmp_path: Path) -> None
     ("recipe.global_batch=0", "recipe.global_batch=0 must be an integer >= 1"),
     ("data.image_size=16", "data.image_size=16 is smaller than the rung's total stride 32"),
     ("data.num_classes=100", "data.num_classes=100 but"),
+    ("data.format=tar", "data.format='tar' is not a format; use one of ('auto', 'folder', 'shards')"),
+    ("data.decode_on=gpu", "data.decode_on=gpu "),  # no CUDA here; with CUDA, the smoke recipe's RandAugment
 ])
 def test_a_bad_value_is_one_line_and_writes_nothing(capsys, tmp_path: Path, override, says) -> None:
     out = tmp_path / "out"

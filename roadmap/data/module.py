@@ -12,8 +12,10 @@ import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
+from roadmap.data import shards
 from roadmap.data.errors import DataError
 from roadmap.data.gpu_transforms import AUGMENT_ON, BatchAugment, SourceTransform
+from roadmap.data.gpu_decode import DeviceDecode, check_decode_on, collate_bytes, read_bytes
 from roadmap.data.memory import InMemoryImages, cache_dir, fits_in_memory
 from roadmap.data.sources import (
     BAD_IMAGE_POLICIES, CIFAR, DATASETS, SyntheticImages, cifar, image_folder, locate_image_folder,
@@ -48,6 +50,11 @@ def augment_on(data_cfg: Mapping[str, Any]) -> str:
     return "cpu" if data_cfg["name"] == "synthetic" else str(data_cfg.get("augment_on", "cpu"))
 
 
+def _raw(data_cfg: Mapping[str, Any]) -> bool:
+    """data.decode_on=gpu: the datasets serve JPEG bytes."""
+    return data_cfg.get("decode_on", "cpu") == "gpu"
+
+
 def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
     """The (train, val) datasets for `data_cfg`, with their transforms; checks the class count."""
     name = data_cfg["name"]
@@ -68,6 +75,9 @@ def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) 
     if name in CIFAR:
         train_set, val_set = cifar(data_cfg, True, train_tf), cifar(data_cfg, False, eval_tf)
         found, where = len(train_set.classes), str(data_cfg["root"])
+    elif shards.resolve_format(data_cfg, root := Path(data_cfg["root"]).expanduser()) == "shards":
+        train_set, val_set = shards.open_splits(root, train_tf, eval_tf, raw=_raw(data_cfg))
+        found, where = len(train_set.classes), str(root)
     else:
         folder = locate_image_folder(data_cfg)
         on_bad_image = data_cfg.get("on_bad_image", "skip")
@@ -79,7 +89,11 @@ def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) 
                 f"({len(train_set.classes)} vs {len(val_set.classes)}); both need the same classes."
             )
         found, where = len(train_set.classes), f"{folder}/train"
-        train_set, val_set = _in_memory(folder, [train_set, val_set], data_cfg)
+        if _raw(data_cfg):  # the workers return file bytes, decoded on the GPU
+            for split in (train_set, val_set):
+                split.loader, split.transform = read_bytes, None
+        else:
+            train_set, val_set = _in_memory(folder, [train_set, val_set], data_cfg)
     if found != num_classes:
         raise DataError(
             f"data.num_classes={num_classes} but {where} has {found} classes; set data.num_classes={found}."
@@ -102,6 +116,7 @@ class RoadmapDataModule(L.LightningDataModule):
         self.val_set: Dataset | None = None
         gpu = augment_on(data_cfg) == "gpu"
         self.batch_augment = BatchAugment(int(data_cfg["image_size"]), augment_cfg) if gpu else None
+        self.device_decode: DeviceDecode | None = None
 
     def prepare_data(self) -> None:
         name = self.data_cfg["name"]
@@ -133,7 +148,9 @@ class RoadmapDataModule(L.LightningDataModule):
             raise RuntimeError("call setup() before asking for a dataloader")
         rank = self.trainer.global_rank if self.trainer is not None else 0
         workers = resolve_num_workers(self.num_workers, self.trainer.num_devices if self.trainer is not None else 1)
-        return DataLoader(
+        # litdata's loader for shards: it splits the chunks between ranks and workers, a new order each epoch.
+        loader = shards.dataloader if shards.is_shard_split(dataset) else DataLoader
+        return loader(
             dataset,
             batch_size=self.per_device_batch,
             shuffle=train,
@@ -144,6 +161,7 @@ class RoadmapDataModule(L.LightningDataModule):
             # Lightning's seeding for every worker (torch, random and numpy, which timm's RandAugment
             # uses), distinct per rank, even when seed_everything(workers=True) was not called.
             worker_init_fn=partial(pl_worker_init_function, rank=rank) if workers > 0 else None,
+            collate_fn=collate_bytes if _raw(self.data_cfg) else None,
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -161,6 +179,16 @@ class RoadmapDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.batch_augment is not None and "batch_augment_rng" in state_dict:
             self.batch_augment.rng_state = state_dict["batch_augment_rng"]
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """data.decode_on=gpu: decode and crop the byte batch on the device (nvjpeg reads bytes on the CPU)."""
+        if not _raw(self.data_cfg):
+            return batch
+        if self.device_decode is None:
+            device = self.trainer.strategy.root_device
+            self.device_decode = DeviceDecode(int(self.data_cfg["image_size"]), self.augment_cfg, device)
+        data, labels = batch
+        return self.device_decode(data, train=self.trainer.training), labels
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
@@ -187,6 +215,11 @@ def build_datamodule(cfg: Mapping[str, Any], per_device_batch: int) -> RoadmapDa
         raise DataError(f"data.augment_on={data_cfg['augment_on']!r} must be one of {AUGMENT_ON}.")
     if data_cfg.get("on_bad_image", "skip") not in BAD_IMAGE_POLICIES:
         raise DataError(f"data.on_bad_image={data_cfg['on_bad_image']!r} must be one of {BAD_IMAGE_POLICIES}.")
+    if _raw(data_cfg) and augment_on(data_cfg) == "gpu":
+        raise DataError("data.decode_on=gpu with data.augment_on=gpu: the two device paths do not chain yet; "
+                        "use data.augment_on=cpu with data.decode_on=gpu, or data.decode_on=cpu.")
+    check_decode_on(data_cfg, cfg["recipe"]["augment"], torch.cuda.is_available())
+    shards.check_format(data_cfg)
     if per_device_batch <= 0:
         raise DataError(f"per_device_batch={per_device_batch} must be a positive integer.")
     return RoadmapDataModule(data_cfg, cfg["recipe"]["augment"], per_device_batch)
