@@ -35,6 +35,12 @@ def test_gpu_decode_without_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert str(err.value) == "data.decode_on=gpu needs CUDA, which is not available here; use data.decode_on=cpu."
 
 
+def test_decode_and_augment_on_gpu_refused_together(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as err:
+        build_datamodule(cfg(tmp_path, **CPU_ONLY, **{"data.augment_on": "gpu"}), per_device_batch=4)
+    assert str(err.value).startswith("data.decode_on=gpu with data.augment_on=gpu: the two device paths do not chain")
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"decode_on": "tpu"}, r"data.decode_on='tpu' is not a choice; use one of \('cpu', 'gpu'\)"),
     ({"decode_on": "gpu"}, r"recipe.augment.randaugment='rand-m9-mstd0.5-inc1' runs on CPU-decoded"),
