@@ -49,6 +49,7 @@ class EpochMetrics(L.Callback):
         self.lock_dir = lock_dir
         self.rows: list[dict[str, Any]] = []
         self._last_refresh = time.monotonic()
+        self._validated_epoch = -1  # Lightning keeps the last validation's metrics in later epochs
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_refresh = time.monotonic()
@@ -58,14 +59,19 @@ class EpochMetrics(L.Callback):
             refresh_lock(self.lock_dir)  # tells `roadmap.status` on other hosts it is alive
             self._last_refresh = time.monotonic()
 
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         logged = trainer.callback_metrics
         row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         sources = {"train/loss": "train/loss_epoch", "lr": "lr"}
+        validated = self._validated_epoch == trainer.current_epoch
         for column in COLUMNS[2:]:
-            value = logged.get(sources.get(column, column))
+            value = logged.get(sources.get(column, column)) if validated or not column.startswith("val/") else None
             row[column] = round(float(value), 6) if value is not None else None
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         for key in [k for k in logged if k.startswith(DYNAMICS_PREFIX)]:  # roadmap.diagnostics, in its order

@@ -59,6 +59,21 @@ def test_smoke_run_records_every_field(smoke_run) -> None:
     assert len(epochs) == 1 + 2  # header + one row per epoch
 
 
+def test_epochs_without_validation_have_empty_val_columns(tmp_path: Path) -> None:
+    """trainer.check_val_every_n_epoch=2 over 3 epochs: epoch 1 is validated, epochs 0 and 2 are not
+    (Lightning keeps the last validation's metrics; metrics.csv must not repeat them), and the
+    result is the final validation, run after the last epoch."""
+    import pandas as pd
+
+    proc = run_cli(["step=patchify_stem", *SMOKE, "recipe.epochs=3", "trainer.check_val_every_n_epoch=2"],
+                   tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = pd.read_csv(tmp_path / "out" / "smoke" / "r50" / "patchify_stem" / "seed0" / "metrics.csv")
+    assert metrics["val/top1"].notna().tolist() == [False, True, False]
+    assert metrics["train/loss"].notna().all()
+    assert result_of(tmp_path / "out", "patchify_stem")["top1"] is not None
+
+
 def test_same_command_again_skips_and_leaves_result_untouched(smoke_run, tmp_path: Path) -> None:
     out, _ = smoke_run
     path = out / "smoke" / "r50" / "patchify_stem" / "seed0" / "result.json"
