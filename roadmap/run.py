@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from roadmap.data import DataError
-from roadmap.ladder import LadderError, compose_arch, conf_dir
+from roadmap.ladder import LadderError, arch_config, conf_dir, rung_argv
 from roadmap.model.config import ArchConfig
 from roadmap.results import (
     CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE, acquire_lock, config_hash, git_commit, read_result,
-    recorded_config_hash, release_lock, write_result,
+    recorded_config_hash, release_lock, run_state, train_loss_sum, write_result,
 )
 from roadmap.signals import Interrupted, exit_by_signal, raise_on_signals
 
@@ -63,7 +63,7 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class RunPlan:
-    cfg: DictConfig  # resolved; `arch` holds the rung's full ArchConfig, trainer "auto"s are filled in
+    cfg: DictConfig  # resolved; `model` holds the rung's full ArchConfig, trainer "auto"s are filled in
     arch: ArchConfig
     out_dir: Path
     devices: int
@@ -98,13 +98,14 @@ def valid_per_device_batches(global_batch: int, devices: int) -> list[int]:
 
 
 def plan_run(cfg: DictConfig) -> RunPlan:
-    """Resolve and check a run's config without touching the disk."""
+    """Resolve and check a run's config (composed with its deltas: `ladder.compose_run`, or
+    `roadmap.run`'s command line) without touching the disk."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     trainer = cfg.trainer
     _resolve_auto_trainer(trainer)
     _check_integers(cfg)
     try:
-        arch = compose_arch(cfg.step, cfg.regime.name, cfg.model)
+        arch = arch_config(cfg.model, f"rung {cfg.regime.name}/{cfg.step}")
     except LadderError as error:
         raise RunConfigError(str(error)) from error
     stride = 4 * 2 ** (len(arch.depths) - 1)  # the stem's 4, then 2 per later stage
@@ -122,8 +123,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         )
     if _mixing(cfg) and per_device % 2:
         raise RunConfigError(f"trainer.per_device_batch={per_device} must be even with MixUp/CutMix (timm pairs images)")
-    with open_dict(cfg):
-        cfg.arch = asdict(arch)
+    cfg.model = asdict(arch)  # every builder field, as the builder reads it
     return RunPlan(cfg, arch, Path(cfg.output_dir), devices, global_batch // per_step, config_hash(cfg))
 
 
@@ -135,17 +135,17 @@ def _is_rank_zero() -> bool:
 
 def check_directory(plan: RunPlan) -> str:
     """"skip" (completed, same config), "rerun" (completed, force=true: trained aside, see RERUN_DIR),
-    "resume", "fresh"; raises on a different config."""
+    "resume", "fresh"; raises on a different config (`results.run_state`: conflict)."""
     out = plan.out_dir
-    previous = read_result(out)
-    recorded = recorded_config_hash(out)
-    if recorded is not None and recorded != plan.config_hash:
+    read_result(out)  # an invalid result.json is an error naming it, never overwritten
+    state = run_state(out, plan.config_hash)
+    if state == "conflict":
         raise RunConfigError(
-            f"{out} holds a run with a different config (config_hash {recorded}, this one "
+            f"{out} holds a run with a different config (config_hash {recorded_config_hash(out)}, this one "
             f"{plan.config_hash}); nothing was changed there. Use another experiment_name, seed or "
             f"output_root, or remove that directory to replace it (compare with its {CONFIG_FILE})."
         )
-    if previous and previous.get("status") == "completed":
+    if state == "done":
         return "rerun" if plan.cfg.force else "skip"
     if (out / CHECKPOINT_FILE).is_file() and not plan.cfg.force:
         return "resume"
@@ -232,7 +232,7 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from roadmap.callbacks import AtomicCheckpointIO, EpochMetrics, PlainProgress
-    from roadmap.diagnostics import TrainingDynamics, train_loss_sum
+    from roadmap.diagnostics import TrainingDynamics
     from roadmap.module import Classifier
 
     cfg = plan.cfg
@@ -542,4 +542,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    sys.argv = rung_argv("roadmap.run", "train")
     main()

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import roadmap
-from roadmap.ladder import conf_dir
+from roadmap import ladder
 from roadmap.module import Classifier, NonFiniteLossError
 from roadmap.recipe import WarmupCosine, build_mixup, param_groups, scaled_lr
 
@@ -21,8 +20,7 @@ RECIPE_MD = Path(__file__).resolve().parents[1].parent / "shared" / "reference" 
 
 
 def compose_run(*overrides: str) -> DictConfig:
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return ladder.compose_run(overrides)
 
 
 @pytest.fixture(scope="module")
