@@ -18,7 +18,7 @@ from roadmap.ladder import LadderError, compose_arch, list_steps
 from roadmap.model.complexity import complexity
 from roadmap.model.config import ArchConfig, ArchConfigError
 from roadmap.model.convert import ConversionError
-from roadmap.model.convert import convert_state_dict as _convert_for_model
+from roadmap.model.convert import map_onto_model
 from roadmap.model.net import RoadmapNet
 
 __all__ = [
@@ -50,4 +50,4 @@ def convert_state_dict(
     `build_model(step, regime, **overrides).load_state_dict(..., strict=True)`."""
     with torch.device("meta"):
         model: nn.Module = build_model(step, regime, **overrides)
-    return _convert_for_model(state_dict, model)
+    return map_onto_model(state_dict, model)

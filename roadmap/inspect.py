@@ -21,7 +21,7 @@ def _describe(change: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in change.items())
 
 
-def ladder_table(regime: str, overrides: dict | None = None, image_size: int = 224, all_steps: bool = True) -> pd.DataFrame:
+def complexity_table(regime: str, overrides: dict | None = None, image_size: int = 224, all_steps: bool = True) -> pd.DataFrame:
     """Per rung: step, adopted, params_m, gmacs, paper_gflops, paper_top1, change."""
     import torch
 
@@ -53,7 +53,7 @@ def main(cfg: DictConfig) -> None:
         if cfg.step is None and cfg.deltas is None:
             given = [o.split("=", 1)[0].lstrip("+") for o in HydraConfig.get().overrides.task]
             overrides = {k.removeprefix("model."): OmegaConf.select(cfg, k) for k in given if k.startswith("model.")}
-            table = ladder_table(cfg.regime.name, overrides, int(cfg.image_size), bool(cfg.all_steps))
+            table = complexity_table(cfg.regime.name, overrides, int(cfg.image_size), bool(cfg.all_steps))
             print(f"regime {cfg.regime.name}: GMACs at {cfg.image_size}px, 1000 classes; paper numbers: ImageNet-1K 224px")
             print(table.to_string(index=False))
         else:

@@ -127,7 +127,7 @@ def parent_step(regime: str, step: str) -> str | None:
 
 def ladder_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME) -> pd.DataFrame:
     """One row per paper rung (and per extra step we ran), in ladder order, our numbers beside the
-    paper's (NaN where a rung has not run), `rung` (the README's number; -1 off the adopted path),
+    paper's (NaN where a rung has not run), `number` (the README's; -1 off the adopted path),
     `parent`, and `gain` / `paper_gain` over the parent rung.
     Reference rows (Swin, adopted = "ref") come last."""
     paper = paper_ladder(regime)[["order", "step", "title", "adopted", "paper_top1", "paper_top1_std", "paper_gflops"]]
@@ -142,8 +142,8 @@ def ladder_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME) -> pd.Data
         for a, s in zip(table["adopted"], table["step"])
     ]
     table = table.sort_values("order", kind="stable").reset_index(drop=True)
-    table["rung"] = (table["adopted"] == "yes").cumsum() - 1  # README's numbering: adopted rungs only
-    table.loc[table["adopted"] != "yes", "rung"] = -1
+    table["number"] = (table["adopted"] == "yes").cumsum() - 1  # README's numbering: adopted rungs only
+    table.loc[table["adopted"] != "yes", "number"] = -1
     table["parent"] = [parent_step(regime, s) for s in table["step"]]
     by_step = table.set_index("step")
     for ours_col, gain_col in (("top1_mean", "gain"), ("paper_top1", "paper_gain")):
@@ -208,7 +208,7 @@ def markdown_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, image_si
         name = {"no": f"`{row['step']}` (not adopted)", "ref": f"{_short_title(row['title'])} (reference)"}.get(
             row["adopted"], f"`{row['step']}`")
         lines.append(
-            f"| {'–' if row['rung'] < 0 else row['rung']} | {name} "
+            f"| {'–' if row['number'] < 0 else row['number']} | {name} "
             f"| {_mean_std(row['top1_mean'], row['top1_std'], row['n'])} "
             f"| {_mean_std(row['top1_ema_mean'], row['top1_ema_std'])} "
             f"| {_num(row['params'] / 1e6, '.3f')} | {_num(row['gmacs'], '.4f')} | {_num(row['train_img_per_s'], '.0f')} "

@@ -38,7 +38,9 @@ from roadmap.results import (
 from roadmap.signals import Interrupted, exit_by_signal, raise_on_signals
 
 if TYPE_CHECKING:
-    from roadmap.callbacks import RunState
+    import lightning as L
+
+    from roadmap.callbacks import EpochMetrics, RunState
 
 log = logging.getLogger("roadmap.run")
 trace_log = logging.getLogger("roadmap.run.trace")  # tracebacks: run.log only (stderr gets one line)
@@ -224,33 +226,15 @@ def _build_loggers(plan: RunPlan) -> list[Any]:
     return loggers
 
 
-def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState) -> dict[str, Any] | None:
-    """Fit (from work/last.ckpt when resuming) and evaluate; returns the result record on rank 0,
-    None on the other ranks. The record is computed from the run's whole history: metrics.csv
-    across attempts, and an evaluation of the final model when its last epoch has no validation."""
+def build_trainer(plan: RunPlan, work: Path, callbacks: list[Any], logger: Any, **changes: Any) -> L.Trainer:
+    """The run's Lightning Trainer, every argument from the plan (`changes` replace some: the
+    benchmarks time this same Trainer)."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from roadmap.callbacks import AtomicCheckpointIO, EpochMetrics, PlainProgress
-    from roadmap.diagnostics import TrainingDynamics
-    from roadmap.module import Classifier
+    from roadmap.callbacks import AtomicCheckpointIO
 
     cfg = plan.cfg
-    module = Classifier(
-        parts.model, OmegaConf.to_container(cfg.recipe), plan.arch.num_classes, int(cfg.recipe.global_batch),
-        channels_last=bool(cfg.trainer.channels_last),
-    )
-    metrics = EpochMetrics(work, lock_dir=plan.out_dir)
-    dynamics = [TrainingDynamics()] if cfg.trainer.diagnostics else []  # before `metrics`, which writes its values
-    interactive = sys.stdout.isatty()
-    callbacks = [*dynamics, metrics, state, ModelCheckpoint(  # one rolling last.ckpt, rewritten (atomically) every epoch
-        dirpath=work, filename=CHECKPOINT_FILE.removesuffix(".ckpt"), save_top_k=1, enable_version_counter=False
-    )]
-    if not interactive:
-        callbacks.append(PlainProgress(int(cfg.trainer.log_every_n_steps)))
-    # run.log is always there; the run's own files are what matter, and it never overwrites them.
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    trainer = L.Trainer(
+    options = dict(
         accelerator=cfg.trainer.accelerator,
         devices=plan.devices,
         num_nodes=int(cfg.trainer.num_nodes),
@@ -267,12 +251,48 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
         deterministic=bool(cfg.trainer.deterministic),
         num_sanity_val_steps=0,
         enable_model_summary=False,
-        enable_progress_bar=interactive,
+        enable_progress_bar=sys.stdout.isatty(),
         default_root_dir=work,
-        logger=_build_loggers(plan),
+        logger=logger,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
     )
+    return L.Trainer(**{**options, **changes})
+
+
+def run_callbacks(plan: RunPlan, work: Path, state: Any | None = None) -> tuple[EpochMetrics, list[Any]]:
+    """metrics.csv's writer, and every callback of a run around it (diagnostics before it, which
+    writes their values; the run's state; one rolling last.ckpt, rewritten atomically every epoch)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from roadmap.callbacks import EpochMetrics, PlainProgress
+    from roadmap.diagnostics import TrainingDynamics
+
+    cfg = plan.cfg
+    metrics = EpochMetrics(work, lock_dir=plan.out_dir)
+    dynamics = [TrainingDynamics()] if cfg.trainer.diagnostics else []
+    callbacks = [*dynamics, metrics, *([state] if state is not None else []), ModelCheckpoint(
+        dirpath=work, filename=CHECKPOINT_FILE.removesuffix(".ckpt"), save_top_k=1, enable_version_counter=False
+    )]
+    if not sys.stdout.isatty():
+        callbacks.append(PlainProgress(int(cfg.trainer.log_every_n_steps)))
+    return metrics, callbacks
+
+
+def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState) -> dict[str, Any] | None:
+    """Fit (from work/last.ckpt when resuming) and evaluate; returns the result record on rank 0,
+    None on the other ranks."""
+    from roadmap.module import Classifier
+
+    cfg = plan.cfg
+    module = Classifier(
+        parts.model, OmegaConf.to_container(cfg.recipe), plan.arch.num_classes, int(cfg.recipe.global_batch),
+        channels_last=bool(cfg.trainer.channels_last),
+    )
+    metrics, callbacks = run_callbacks(plan, work, state)
+    # run.log is always there; the run's own files are what matter, and it never overwrites them.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    trainer = build_trainer(plan, work, callbacks, _build_loggers(plan))
     ckpt = work / CHECKPOINT_FILE if action == "resume" else None
     start = time.perf_counter()
     trainer.fit(module, datamodule=parts.datamodule, ckpt_path=ckpt, weights_only=True)
@@ -285,7 +305,13 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
         final = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if not trainer.is_global_zero:
         return None
-    history = metrics.history()
+    return result_record(plan, parts, metrics.history(), final, trainer.global_step, module.lr, wall, state)
+
+
+def result_record(plan: RunPlan, parts: Parts, history: list[dict[str, Any]], final: dict[str, Any],
+                  optimizer_steps: int, lr: float, wall: float, state: RunState) -> dict[str, Any]:
+    """A completed run's result.json, from its whole history (metrics.csv across attempts) and
+    `final`, an evaluation of the final model when its last epoch had no validation."""
     final = {**(history[-1] if history else {}), **final}
     if final.get("val/top1") is None:
         raise RuntimeError("the run ended without a validation accuracy (trainer.limit_val_batches=0?)")
@@ -308,8 +334,8 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
         "params": parts.params,
         "gmacs": parts.gmacs,
         "gmacs_224": parts.gmacs_224,
-        "optimizer_steps": trainer.global_step,
-        "lr": module.lr,
+        "optimizer_steps": optimizer_steps,
+        "lr": lr,
         "wall_s": round(wall, 2),
         "train_img_per_s": round(sum(speeds) / len(speeds), 2) if speeds else None,
         "skipped_images": len(parts.datamodule.skipped_images()),  # unreadable, per data.on_bad_image

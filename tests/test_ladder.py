@@ -136,3 +136,24 @@ def test_committed_experiments_collect_and_report(tmp_path: Path) -> None:
 def test_fidelity_unchanged_through_hydra_composition() -> None:
     assert roadmap.build_model("separate_downsampling", layer_scale=1e-6).cfg.separate_downsampling
     assert sum(p.numel() for p in roadmap.build_model("separate_downsampling", layer_scale=1e-6).parameters()) == 28_589_128
+
+
+def test_the_classic_recipe_rung_is_a_recipe_delta_off_the_baseline() -> None:
+    cfg = ladder.compose_run(["step=classic_recipe", "experiment=paper_imagenet"])
+    assert ladder.step_chain("classic_recipe") == ["classic_recipe"]
+    assert cfg.recipe.optimizer.name == "sgd" and cfg.recipe.epochs == 90 and list(cfg.recipe.schedule.milestones) == [30, 60]
+    assert cfg.recipe.augment.mixup == 0 and cfg.recipe.augment.randaugment is None
+    assert OmegaConf.to_container(cfg.model) == OmegaConf.to_container(ladder.compose_run(
+        ["step=resnet50", "experiment=paper_imagenet"]).model)  # the same model: only the recipe changes
+    assert ladder.changed_fields("classic_recipe")["recipe.optimizer.name"] == "sgd"
+
+
+def test_the_classic_recipe_rung_runs_on_the_mini_set(tmp_path: Path) -> None:
+    proc = run_cli(["+roadmap=training_techniques", *SMOKE, *TINY], tmp_path, cwd=tmp_path, module="roadmap.sweep")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    classic = json.loads((tmp_path / "smoke" / "r50" / "classic_recipe" / "seed0" / "result.json").read_text())
+    assert classic["status"] == "completed" and classic["epochs"] == 1 and classic["lr"] == pytest.approx(0.1 * 16 / 256)
+    assert OmegaConf.load(tmp_path / "smoke" / "r50" / "classic_recipe" / "seed0" / "config.yaml").recipe.optimizer.name == "sgd"
+    results, _ = collect(tmp_path / "smoke")
+    assert set(results["step"]) == {"resnet50", "classic_recipe"}
+    assert results.set_index("step").at["classic_recipe", "paper_top1"] == 76.13

@@ -109,7 +109,7 @@ def test_ladder_table_rows_gains_and_missing_rung(summary: pd.DataFrame) -> None
         by_step.at["stage_ratio", "top1_mean"] - by_step.at["resnet50", "top1_mean"])
     assert by_step.at["stage_ratio", "paper_gain"] == pytest.approx(79.36 - 78.82)
     adopted = table[table["adopted"] == "yes"]
-    assert adopted["rung"].tolist() == list(range(13))  # the README's numbering
+    assert adopted["number"].tolist() == list(range(13))  # the README's numbering
     assert by_step.at["resnet50", "n"] == 3  # the failed seed is not counted
 
 
