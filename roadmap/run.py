@@ -411,7 +411,8 @@ def _close_run_log(handler: logging.Handler) -> None:
 
 
 def resume_command() -> str:
-    return shlex.join(["python", "-m", "roadmap.run", *sys.argv[1:]])
+    """The user's command line (without the deltas `ladder.rung_argv` added to it)."""
+    return shlex.join(["python", "-m", "roadmap.run", *(USER_ARGV or sys.argv)[1:]])
 
 
 def execute(cfg: DictConfig) -> int:
@@ -566,7 +567,11 @@ def main(cfg: DictConfig) -> None:
         sys.exit(code)
 
 
+USER_ARGV: list[str] = []  # the command line as typed, before rung_argv adds the deltas
+
+
 if __name__ == "__main__":
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    USER_ARGV = list(sys.argv)
     sys.argv = rung_argv("roadmap.run", "train")
     main()

@@ -93,7 +93,8 @@ def test_a_delta_list_runs_on_the_mini_set(tmp_path: Path) -> None:
 
 
 def test_the_leave_one_out_preset_runs_on_the_mini_set(tmp_path: Path) -> None:
-    proc = run_cli(["+roadmap=leave_one_out", *SMOKE, *TINY], tmp_path, cwd=tmp_path, module="roadmap.sweep")
+    proc = run_cli(["+roadmap=leave_one_out", *SMOKE, *TINY, "trainer.diagnostics=false"], tmp_path, cwd=tmp_path,
+                   module="roadmap.sweep", timeout=3600)  # 10 rungs one after another
     assert proc.returncode == 0, proc.stderr[-2000:]
     done = sorted(p.parent.name for p in (tmp_path / "smoke" / "r50").glob("*/seed0/result.json"))
     assert len(done) == 10 and "separate_downsampling_without_gelu" in done and "layer_norm" in done
@@ -149,7 +150,8 @@ def test_the_classic_recipe_rung_is_a_recipe_delta_off_the_baseline() -> None:
 
 
 def test_the_classic_recipe_rung_runs_on_the_mini_set(tmp_path: Path) -> None:
-    proc = run_cli(["+roadmap=training_techniques", *SMOKE, *TINY], tmp_path, cwd=tmp_path, module="roadmap.sweep")
+    proc = run_cli(["+roadmap=training_techniques", *SMOKE, *TINY], tmp_path, cwd=tmp_path, module="roadmap.sweep",
+                   timeout=1800)
     assert proc.returncode == 0, proc.stderr[-2000:]
     classic = json.loads((tmp_path / "smoke" / "r50" / "classic_recipe" / "seed0" / "result.json").read_text())
     assert classic["status"] == "completed" and classic["epochs"] == 1 and classic["lr"] == pytest.approx(0.1 * 16 / 256)
