@@ -167,14 +167,21 @@ def rung_overrides(cfg: DictConfig) -> list[str]:
     return extra
 
 
-def _has_rung_overrides(overrides: Sequence[str]) -> bool:
-    return any(o.startswith(("+steps=", "steps=")) for o in overrides)
+def _with_deltas(overrides: Sequence[str], config_name: str) -> tuple[list[str], bool]:
+    """(the second pass's extra overrides, whether `overrides` carry them already). The `steps`
+    group is written by the first pass only: given by hand, it must be what the rung names."""
+    given = [o for o in overrides if o.lstrip("+").startswith("steps=")]
+    extra = rung_overrides(_compose(config_name, [o for o in overrides if o not in given]))
+    if given and given != [o for o in extra if o.startswith("+steps=")]:
+        raise LadderError(f"{given[0]}: a rung's deltas are chosen by step=<name> or deltas=[…], not by the "
+                          f"steps group (this rung's: {extra[0] if extra else 'none'})")
+    return extra, bool(given)
 
 
 def compose_run(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
     """The run config of a rung, composed by Hydra with its deltas (see the module docstring)."""
-    overrides = [o for o in overrides if not _has_rung_overrides([o])]
-    return _compose(config_name, [*overrides, *rung_overrides(_compose(config_name, overrides))])
+    extra, given = _with_deltas(overrides, config_name)
+    return _compose(config_name, list(overrides) if given else [*overrides, *extra])
 
 
 def with_rung_overrides(argv: Sequence[str], config_name: str = "train") -> list[str]:
@@ -183,9 +190,11 @@ def with_rung_overrides(argv: Sequence[str], config_name: str = "train") -> list
     from hydra._internal.utils import get_args_parser
 
     args = get_args_parser().parse_args(list(argv[1:]))
-    if _has_rung_overrides(args.overrides) or args.help or args.hydra_help:
+    if args.help or args.hydra_help:
         return list(argv)
-    extra = rung_overrides(_compose(config_name, args.overrides))
+    extra, given = _with_deltas(args.overrides, config_name)
+    if given:
+        return list(argv)
     at = max((i for i, a in enumerate(argv) if a in args.overrides), default=0) + 1  # before any --option
     return [*argv[:at], *extra, *argv[at:]]
 

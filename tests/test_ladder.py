@@ -159,3 +159,11 @@ def test_the_classic_recipe_rung_runs_on_the_mini_set(tmp_path: Path) -> None:
     results, _ = collect(tmp_path / "smoke")
     assert set(results["step"]) == {"resnet50", "classic_recipe"}
     assert results.set_index("step").at["classic_recipe", "paper_top1"] == 76.13
+
+
+def test_the_steps_group_by_hand_must_be_the_rungs_own() -> None:
+    argv = ladder.with_rung_overrides(["run", "deltas=[gelu,layer_norm]", "--cfg", "job"])
+    assert argv == ["run", "deltas=[gelu,layer_norm]", "+steps=[gelu,layer_norm]", "step=gelu+layer_norm", "--cfg", "job"]
+    assert ladder.with_rung_overrides(argv) == argv  # a DDP rank re-running the command line
+    with pytest.raises(ladder.LadderError, match=r"\+steps=\[gelu\]: a rung's deltas are chosen by step=<name>"):
+        ladder.compose_run(["step=gelu", "+steps=[gelu]"])
