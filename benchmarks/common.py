@@ -84,7 +84,7 @@ def load_recipe(name: str, batch: int) -> dict[str, Any]:
 
     from roadmap.ladder import compose_run
 
-    recipe = OmegaConf.to_container(compose_run([f"recipe={name}", "experiment=null"]).recipe, resolve=True)
+    recipe = OmegaConf.to_container(compose_run([f"recipe={name}", "~experiment"]).recipe, resolve=True)
     recipe["global_batch"] = batch
     return recipe
 

@@ -117,7 +117,7 @@ class LightningLoop:
 def run_plan(args: argparse.Namespace, device: torch.device) -> RunPlan:
     """The roadmap.run plan of the benchmarked rung, composed as a run composes it."""
     return plan_run(compose_run([
-        f"step={args.rung}", "experiment=null", f"recipe={args.recipe}", f"model.width_mult={args.width_mult}",
+        f"step={args.rung}", "~experiment", f"recipe={args.recipe}", f"model.width_mult={args.width_mult}",
         f"data.num_classes={args.num_classes}", f"data.image_size={args.size}", f"recipe.global_batch={args.batch}",
         f"trainer.per_device_batch={args.batch}", f"trainer.channels_last={str(args.channels_last).lower()}",
         f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}", "trainer.devices=1",

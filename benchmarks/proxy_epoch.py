@@ -51,7 +51,7 @@ def data_config(args: argparse.Namespace, in_memory: bool) -> DictConfig:
     """The run config's `data` and `recipe` as imagenette_proxy sets them, loading in this process."""
     from roadmap.ladder import compose_run
 
-    data = compose_run(["data=imagenette", "experiment=null"]).data
+    data = compose_run(["data=imagenette", "~experiment"]).data
     data.merge_with({"root": str(args.data_root), "cache_dir": str(args.cache_dir), "in_memory": in_memory,
                      "num_workers": 0})
     return OmegaConf.create({"data": data, "recipe": load_recipe("proxy", 128)})

@@ -96,7 +96,7 @@ def test_the_leave_one_out_preset_runs_on_the_mini_set(tmp_path: Path) -> None:
     proc = run_cli(["+roadmap=leave_one_out", *SMOKE, *TINY, "trainer.diagnostics=false"], tmp_path, cwd=tmp_path,
                    module="roadmap.sweep", timeout=3600)  # 10 rungs one after another
     assert proc.returncode == 0, proc.stderr[-2000:]
-    done = sorted(p.parent.name for p in (tmp_path / "smoke" / "r50").glob("*/seed0/result.json"))
+    done = sorted(p.parent.parent.name for p in (tmp_path / "smoke" / "r50").glob("*/seed0/result.json"))
     assert len(done) == 10 and "separate_downsampling_without_gelu" in done and "layer_norm" in done
     assert "depthwise_conv cannot be removed alone" in (tmp_path / "smoke" / "sweep.log").read_text()
 
