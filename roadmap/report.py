@@ -133,6 +133,7 @@ def ladder_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME) -> pd.Data
     paper = paper_ladder(regime)[["order", "step", "title", "adopted", "paper_top1", "paper_top1_std", "paper_gflops"]]
     ours = summary[(summary["regime"] == regime) & (summary["variant"].fillna("") == "")]
     ours = ours.drop(columns=["regime", "variant", "order", "paper_top1", "paper_top1_std", "paper_gflops"])
+    paper = paper[(paper["order"] >= 0) | paper["step"].isin(ours["step"])]  # before the baseline (the recipe step): once run
     table = paper.merge(ours, on="step", how="outer")
     # A step we ran that the paper's table lacks gets its ladder position and adoption here.
     adopted_steps = list_steps(regime) if _known_regime(regime) else []
