@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra import compose
 from omegaconf import OmegaConf
@@ -15,6 +16,7 @@ from omegaconf import OmegaConf
 import roadmap
 from roadmap import ladder
 from roadmap.collect import collect
+from roadmap import report
 from roadmap.report import write_report
 from roadmap.run import plan_run
 from roadmap.sweep import expand, plan_rungs, status_of
@@ -130,6 +132,12 @@ def test_committed_experiments_collect_and_report(tmp_path: Path) -> None:
     results, summary = collect(tmp_path / "imagenette64_proxy")
     assert len(results) == 26 and (results["status"] == "completed").all()
     assert summary["paper_top1"].notna().sum() == 13
+    assert results["train_loss_sum"].notna().all() and summary["train_loss_sum_mean"].notna().all()
+    gelu = tmp_path / "imagenette64_proxy" / "r50" / "gelu" / "seed0"  # derived from metrics.csv where missing
+    assert results.query("step == 'gelu' and seed == 0")["train_loss_sum"].item() == pytest.approx(
+        pd.read_csv(gelu / "metrics.csv").drop_duplicates("epoch", keep="last")["train/loss"].sum(), abs=1e-4)
+    markdown = report.markdown_table(summary, "r50")
+    assert "Of our training-loss sum (lower ranks higher; 13 rungs): ρ = " in markdown
     written = write_report(tmp_path / "proxy_study", formats=["png"], control_dir=tmp_path / "imagenette64_proxy")
     assert (tmp_path / "proxy_study" / "report" / "ladder.md").is_file() and written
 
