@@ -79,14 +79,12 @@ def csv_list(text: str) -> list[str]:
 
 
 def load_recipe(name: str, batch: int) -> dict[str, Any]:
-    """conf/recipe/<name>.yaml merged onto its `defaults` (proxy extends paper; paper has none),
-    global batch = `batch`."""
+    """conf/recipe/<name>.yaml as a run composes it (Hydra, with its `defaults`), global batch = `batch`."""
     from omegaconf import OmegaConf
 
-    folder = REPO / "conf" / "recipe"
-    cfg = OmegaConf.load(folder / f"{name}.yaml")
-    bases = [b for b in cfg.pop("defaults", []) if b != "_self_"]
-    recipe = OmegaConf.to_container(OmegaConf.merge(*[OmegaConf.load(folder / f"{b}.yaml") for b in bases], cfg), resolve=True)
+    from roadmap.ladder import compose_run
+
+    recipe = OmegaConf.to_container(compose_run([f"recipe={name}", "~experiment"]).recipe, resolve=True)
     recipe["global_batch"] = batch
     return recipe
 

@@ -42,18 +42,18 @@ from typing import Any
 import torch
 
 from common import (
-    add_device_args, autocast, interleave, load_recipe, print_header, print_table, quiet, setup_device, sync, verdict,
+    add_device_args, autocast, interleave, print_header, print_table, quiet, setup_device, sync, verdict,
 )
 
 import lightning as L  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 import roadmap  # noqa: E402
-from roadmap.callbacks import EpochMetrics  # noqa: E402
 from roadmap.diagnostics import TrainingDynamics  # noqa: E402
+from roadmap.ladder import compose_run  # noqa: E402
 from roadmap.module import Classifier  # noqa: E402
-from roadmap.results import CHECKPOINT_FILE  # noqa: E402
+from roadmap.run import RunPlan, build_trainer, plan_run, run_callbacks  # noqa: E402
 
 
 class Batches:
@@ -82,42 +82,47 @@ class BatchTimes(L.Callback):
 
 
 class LightningLoop:
-    def __init__(self, model: torch.nn.Module, recipe: dict, args: argparse.Namespace, device: torch.device,
+    def __init__(self, model: torch.nn.Module, plan: RunPlan, args: argparse.Namespace, device: torch.device,
                  batches: Batches, as_run: bool, workdir: Path, diagnostics_every: int | None = None) -> None:
+        recipe = OmegaConf.to_container(plan.cfg.recipe)
         self.module = Classifier(model, recipe, args.num_classes, args.batch, channels_last=args.channels_last)
-        self.batches, self.args, self.device, self.as_run, self.workdir = batches, args, device, as_run, workdir
+        self.plan, self.batches, self.device, self.as_run, self.workdir = plan, batches, device, as_run, workdir
         self.diagnostics_every = diagnostics_every  # TrainingDynamics(every_n_batches); None: without it
         self.trial = 0
 
     def __call__(self) -> float:
-        """One fit over the batches; returns the seconds of the timed steps."""
-        args, out = self.args, self.workdir / f"trial{self.trial}"
+        """One fit over the batches with roadmap.run's Trainer; returns the seconds of the timed steps."""
+        out = self.workdir / f"trial{self.trial}"
         self.trial += 1
         timer = BatchTimes()
-        extra: dict[str, Any]
-        if self.as_run:  # roadmap.run.train()'s logger and callbacks
-            dynamics = [TrainingDynamics(self.diagnostics_every)] if self.diagnostics_every else []
-            extra = dict(logger=[CSVLogger(save_dir=out, name="logs")], callbacks=[
-                timer, *dynamics, EpochMetrics(out, lock_dir=out),
-                ModelCheckpoint(dirpath=out, filename=CHECKPOINT_FILE.removesuffix(".ckpt"), save_top_k=1,
-                                enable_version_counter=False)])
+        changes: dict[str, Any] = dict(
+            devices=[self.device.index or 0] if self.device.type == "cuda" else 1, max_epochs=1,
+            limit_train_batches=len(self.batches), limit_val_batches=0)
+        if self.as_run:  # roadmap.run.train()'s logger and callbacks, diagnostics every `diagnostics_every` batches
+            _, callbacks = run_callbacks(self.plan, out)
+            callbacks = [TrainingDynamics(self.diagnostics_every) if isinstance(c, TrainingDynamics) else c
+                         for c in callbacks if self.diagnostics_every or not isinstance(c, TrainingDynamics)]
+            logger: Any = [CSVLogger(save_dir=out, name="logs")]
         else:
-            extra = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[timer])
+            callbacks, logger = [], False
+            changes.update(enable_checkpointing=False, enable_progress_bar=False)
         with quiet():  # Lightning's banners and warnings, the progress bar
-            trainer = L.Trainer(
-                accelerator="gpu" if self.device.type == "cuda" else "cpu",
-                devices=[self.device.index or 0] if self.device.type == "cuda" else 1,
-                num_nodes=1, strategy="auto",
-                precision="bf16-mixed" if args.precision == "bf16" else "32-true",
-                max_epochs=1, accumulate_grad_batches=1, sync_batchnorm=False, gradient_clip_val=None,
-                limit_train_batches=len(self.batches), limit_val_batches=0, log_every_n_steps=20,
-                check_val_every_n_epoch=1, deterministic=False, num_sanity_val_steps=0,
-                enable_model_summary=False, default_root_dir=out, **extra,
-            )
+            trainer = build_trainer(self.plan, out, [timer, *callbacks], logger, **changes)
             trainer.fit(self.module, train_dataloaders=self.batches)
         if len(timer.starts) != len(self.batches):
             raise RuntimeError(f"Lightning ran {len(timer.starts)} batches, expected {len(self.batches)}")
         return timer.starts[-1] - timer.starts[1]
+
+
+def run_plan(args: argparse.Namespace, device: torch.device) -> RunPlan:
+    """The roadmap.run plan of the benchmarked rung, composed as a run composes it."""
+    return plan_run(compose_run([
+        f"step={args.rung}", "~experiment", f"recipe={args.recipe}", f"model.width_mult={args.width_mult}",
+        f"data.num_classes={args.num_classes}", f"data.image_size={args.size}", f"recipe.global_batch={args.batch}",
+        f"trainer.per_device_batch={args.batch}", f"trainer.channels_last={str(args.channels_last).lower()}",
+        f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}", "trainer.devices=1",
+        f"trainer.precision={'bf16-mixed' if args.precision == 'bf16' else '32-true'}", "trainer.diagnostics=true",
+    ]))
 
 
 class BareLoop:
@@ -177,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
-    recipe = load_recipe(args.recipe, args.batch)
+    plan = run_plan(args, device)
+    recipe = OmegaConf.to_container(plan.cfg.recipe)
     print_header("training-loop overhead: roadmap's Lightning loop vs a bare PyTorch loop, images/s", device, args)
     torch.manual_seed(0)
-    model = roadmap.build_model(args.rung, num_classes=args.num_classes, width_mult=args.width_mult,
-                                drop_path=float(recipe["drop_path"]), layer_scale=float(recipe["layer_scale"]))
+    model = roadmap.RoadmapNet(plan.arch)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     gmacs = roadmap.complexity(model, args.size)["gmacs"]
@@ -207,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_as_run:
             for name, every in [("", 10), (", diagnostics off", None), (", diagnostics every batch", 1)]:
                 loops[f"lightning (as roadmap.run{name})"] = LightningLoop(
-                    fresh_model(), recipe, args, device, batches(), True, Path(tmp), diagnostics_every=every)
-        loops["lightning (no logger/ckpt/bar)"] = LightningLoop(fresh_model(), recipe, args, device, batches(), False, Path(tmp))
+                    fresh_model(), plan, args, device, batches(), True, Path(tmp), diagnostics_every=every)
+        loops["lightning (no logger/ckpt/bar)"] = LightningLoop(fresh_model(), plan, args, device, batches(), False, Path(tmp))
         seconds: dict[str, list[float]] = {name: [] for name in loops}
 
         def run(name: str) -> None:

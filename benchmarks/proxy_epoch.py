@@ -49,7 +49,9 @@ def default_data_root() -> Path:
 
 def data_config(args: argparse.Namespace, in_memory: bool) -> DictConfig:
     """The run config's `data` and `recipe` as imagenette_proxy sets them, loading in this process."""
-    data = OmegaConf.load(REPO / "conf" / "data" / "imagenette.yaml")
+    from roadmap.ladder import compose_run
+
+    data = compose_run(["data=imagenette", "~experiment"]).data
     data.merge_with({"root": str(args.data_root), "cache_dir": str(args.cache_dir), "in_memory": in_memory,
                      "num_workers": 0})
     return OmegaConf.create({"data": data, "recipe": load_recipe("proxy", 128)})

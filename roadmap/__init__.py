@@ -2,13 +2,13 @@
 
 Public API:
     list_steps(regime="r50", adopted_only=True) -> list[str]
-    build_model(step, regime="r50", **overrides) -> torch.nn.Module
+    build_model(step, regime="r50", *, deltas=None, **overrides) -> torch.nn.Module
     complexity(model, image_size=224) -> {"params": int, "gmacs": float}
     convert_state_dict(state_dict, step, regime="r50", **overrides) -> dict
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ from roadmap.ladder import LadderError, compose_arch, list_steps
 from roadmap.model.complexity import complexity
 from roadmap.model.config import ArchConfig, ArchConfigError
 from roadmap.model.convert import ConversionError
-from roadmap.model.convert import convert_state_dict as _convert_for_model
+from roadmap.model.convert import map_onto_model
 from roadmap.model.net import RoadmapNet
 
 __all__ = [
@@ -35,10 +35,11 @@ __all__ = [
 ]
 
 
-def build_model(step: str, regime: str = "r50", **overrides: Any) -> RoadmapNet:
-    """The rung `step` of `regime`: the baseline plus every step delta up to `step`, then
-    `overrides` (ArchConfig fields: num_classes=10, layer_scale=1e-6, drop_path=0.1, …)."""
-    return RoadmapNet(compose_arch(step, regime, overrides))
+def build_model(step: str | None = None, regime: str = "r50", *, deltas: Sequence[str] | None = None,
+                **overrides: Any) -> RoadmapNet:
+    """The rung `step` of `regime`: the baseline plus every step delta up to `step` (or the
+    explicit `deltas` list), then `overrides` (ArchConfig fields: num_classes=10, layer_scale=1e-6, …)."""
+    return RoadmapNet(compose_arch(step, regime, overrides, deltas))
 
 
 def convert_state_dict(
@@ -49,4 +50,4 @@ def convert_state_dict(
     `build_model(step, regime, **overrides).load_state_dict(..., strict=True)`."""
     with torch.device("meta"):
         model: nn.Module = build_model(step, regime, **overrides)
-    return _convert_for_model(state_dict, model)
+    return map_onto_model(state_dict, model)

@@ -16,7 +16,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from roadmap.diagnostics import PREFIX as DYNAMICS_PREFIX
-from roadmap.results import CONFIG_FILE, METRICS_FILE, refresh_lock, write_atomic
+from roadmap.results import CONFIG_FILE, METRICS_FILE, read_history, refresh_lock, write_atomic
 
 log = logging.getLogger("roadmap.run")
 
@@ -83,14 +83,8 @@ class EpochMetrics(L.Callback):
                            if k not in ("epoch", "step") and not k.startswith(DYNAMICS_PREFIX) and v is not None))
 
     def history(self) -> list[dict[str, Any]]:
-        """Every epoch recorded in metrics.csv (across attempts; a rerun epoch keeps its last row)."""
-        if not self.path.is_file():
-            return self.rows
-        by_epoch: dict[int, dict[str, Any]] = {}
-        with open(self.path, newline="") as f:
-            for row in csv.DictReader(f):
-                by_epoch[int(row["epoch"])] = {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
-        return [by_epoch[e] for e in sorted(by_epoch)]
+        """Every epoch recorded in metrics.csv (`results.read_history`), or the rows of this attempt."""
+        return read_history(self.path.parent) if self.path.is_file() else self.rows
 
 
 class RunState(L.Callback):

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from roadmap.ladder import conf_dir, list_steps, list_regimes
 from roadmap.reference import paper_ladder
-from roadmap.results import RESULT_FIELDS, RESULT_FILE, read_result
+from roadmap.results import RESULT_FIELDS, RESULT_FILE, list_runs, read_history, read_result, train_loss_sum
 
 PAPER_COLUMNS = ["paper_top1", "paper_top1_std", "paper_gflops"]
 
@@ -28,9 +28,14 @@ def _ladder_order(regime: str, step: str) -> int:
 
 
 def load_results(experiment_dir: Path) -> pd.DataFrame:
-    """Every run's result.json under experiment_dir (<regime>/<rung>/seed<k>/), paper numbers joined."""
-    paths = sorted(experiment_dir.glob(f"*/*/seed*/{RESULT_FILE}"))
-    rows = [read_result(p.parent) for p in paths]
+    """Every run's result.json (`results.list_runs`), paper numbers joined. A run recorded before
+    result.json had `train_loss_sum` gets it from its metrics.csv, as the run computes it."""
+    rows = []
+    for run in list_runs(experiment_dir):
+        row = read_result(run.path)
+        if row is not None:
+            row["train_loss_sum"] = row.get("train_loss_sum") or train_loss_sum(read_history(run.path))
+            rows.append(row)
     columns = RESULT_FIELDS + sorted({k for r in rows for k in r} - set(RESULT_FIELDS))
     table = pd.DataFrame(rows, columns=columns)
     if "variant" not in table:
@@ -51,6 +56,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
         .agg(
             top1_mean=("top1", "mean"), top1_std=("top1", "std"), n=("top1", "size"),
             top1_ema_mean=("top1_ema", "mean"), top1_ema_std=("top1_ema", "std"),
+            train_loss_sum_mean=("train_loss_sum", "mean"),
             params=("params", "first"), gmacs=("gmacs", "first"), gmacs_224=("gmacs_224", "first"),
             train_img_per_s=("train_img_per_s", "mean"),
             paper_top1=("paper_top1", "first"), paper_top1_std=("paper_top1_std", "first"),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
@@ -179,10 +178,3 @@ class TrainingDynamics(L.Callback):
             stats.update(self.activations.means())
         for name, value in stats.items():
             pl_module.log(PREFIX + name, value, on_step=False, on_epoch=True, rank_zero_only=True)
-
-
-def train_loss_sum(history: Iterable[dict[str, Any]]) -> float | None:
-    """Sum over the run's epochs of the epoch's mean training loss (metrics.csv's `train/loss`, so
-    a resumed run counts each epoch once); None when no epoch has one."""
-    losses = [row["train/loss"] for row in history if row.get("train/loss") is not None]
-    return round(sum(losses), 6) if losses else None

@@ -1,15 +1,17 @@
 """`python -m roadmap.inspect [regime=r200] [model.width_mult=0.5 image_size=64]`: one table of
 every rung (params, GMACs, the paper's GFLOPs and top-1, what the step changed).
-`python -m roadmap.inspect step=gelu [experiment=…]`: that rung's resolved run config."""
+`python -m roadmap.inspect step=gelu [experiment=…]` (or `deltas=[…]`): that rung's resolved run
+config, composed with its deltas as `roadmap.run` composes it (`--cfg job` shows it unresolved)."""
 from __future__ import annotations
 
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from roadmap.ladder import LadderError, changed_fields, compose_arch, conf_dir, list_steps
+from roadmap.ladder import LadderError, changed_fields, compose_arch, conf_dir, list_steps, rung_argv
 from roadmap.model.complexity import complexity
 from roadmap.model.net import RoadmapNet
 from roadmap.reference import paper_ladder
@@ -19,7 +21,7 @@ def _describe(change: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in change.items())
 
 
-def ladder_table(regime: str, overrides: dict | None = None, image_size: int = 224, all_steps: bool = True) -> pd.DataFrame:
+def complexity_table(regime: str, overrides: dict | None = None, image_size: int = 224, all_steps: bool = True) -> pd.DataFrame:
     """Per rung: step, adopted, params_m, gmacs, paper_gflops, paper_top1, change."""
     import torch
 
@@ -48,9 +50,10 @@ def main(cfg: DictConfig) -> None:
     from roadmap.run import RunConfigError, plan_run
 
     try:
-        if cfg.step is None:
-            overrides = {k: v for k, v in cfg.model.items() if k not in ("num_classes", "drop_path", "layer_scale")}
-            table = ladder_table(cfg.regime.name, overrides, int(cfg.image_size), bool(cfg.all_steps))
+        if cfg.step is None and cfg.deltas is None:
+            given = [o.split("=", 1)[0].lstrip("+") for o in HydraConfig.get().overrides.task]
+            overrides = {k.removeprefix("model."): OmegaConf.select(cfg, k) for k in given if k.startswith("model.")}
+            table = complexity_table(cfg.regime.name, overrides, int(cfg.image_size), bool(cfg.all_steps))
             print(f"regime {cfg.regime.name}: GMACs at {cfg.image_size}px, 1000 classes; paper numbers: ImageNet-1K 224px")
             print(table.to_string(index=False))
         else:
@@ -65,4 +68,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = rung_argv("roadmap.inspect", "inspect")
     main()

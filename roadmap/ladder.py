@@ -1,24 +1,35 @@
-"""The ladder: which steps a regime has, in which order, and how a rung's ArchConfig is composed.
+"""The ladder: a regime's steps, and how Hydra composes a rung from them.
 
-A rung is its regime's baseline `arch` with every step delta up to and including it applied in
-order (conf/regime/<regime>.yaml lists the order in one place; conf/steps/<step>.yaml holds each delta,
-conf/steps/<regime>/<step>.yaml a regime-specific one). A not-adopted branch (kernel_5, …) is
-the rung it branches off plus its own delta. The CLI and `build_model` both compose through
-`compose_arch`.
+A regime (conf/regime/<name>.yaml) sets `regime` (its baseline's name, its steps in order, the
+branches tried and not adopted) and `model` (the baseline's builder fields). A step
+(conf/steps/<step>.yaml, or conf/steps/<regime>/<step>.yaml for a regime's own version) is a Hydra
+config over the whole run config: it may set `model.*`, `recipe.*`, `data.*`. A rung is the
+baseline with a list of deltas applied in order: by default the chain of adopted steps up to
+`step` (a branch: the rung it branches off, then itself), or an explicit `deltas` list.
+
+Hydra composes the rung in two passes (`compose_run`, and `with_rung_overrides` for a command
+line): the command line first, which names the regime and the rung; then again with the rung's
+deltas appended as the `steps` group list, so that every later key of the command line still wins.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from roadmap.model.config import ArchConfig, ArchConfigError
 
 
 class LadderError(ValueError):
-    """An unknown regime or step, or a bad builder override."""
+    """An unknown regime, step or delta, or a bad builder field or override."""
 
 
 def rung_dir(step: str, variant: str | None = None) -> str:
@@ -39,64 +50,211 @@ def conf_dir() -> Path:
     raise FileNotFoundError(f"no roadmap config folder (train.yaml) beside {package}")
 
 
+@contextlib.contextmanager
+def hydra_context() -> Iterator[None]:
+    """Hydra's compose API over conf/: inside a Hydra app it is there already, else set up here."""
+    if GlobalHydra.instance().is_initialized():
+        yield
+        return
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        yield
+
+
 def list_regimes() -> list[str]:
     return sorted(p.stem for p in (conf_dir() / "regime").glob("*.yaml"))
 
 
-def load_regime(regime: str) -> DictConfig:
-    path = conf_dir() / "regime" / f"{regime}.yaml"
-    if not path.is_file():
+def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """Hydra's compose; a bad override is one LadderError line naming it."""
+    try:
+        with hydra_context():
+            return compose(config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise LadderError(one_line(error)) from error
+
+
+def one_line(error: BaseException) -> str:
+    """Hydra's multi-line message and its cause (e.g. "Key 'arch' is not in struct") as one line."""
+    message = str(error).split("Config search path")[0]
+    if error.__cause__ is not None:
+        message += "\n" + str(error.__cause__).splitlines()[0]
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+@lru_cache(maxsize=None)
+def _ladder(regime: str, deltas: tuple[str, ...]) -> DictConfig:
+    if regime not in list_regimes():
         raise LadderError(f"regime={regime!r} is unknown; valid regimes: {list_regimes()}")
-    return OmegaConf.load(path)
+    cfg = _compose("ladder", [f"regime={regime}"])
+    if deltas:
+        cfg = _compose("ladder", [f"regime={regime}", steps_override(cfg.regime, deltas)])
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
 
 
-def list_steps(regime: str = "r50", adopted_only: bool = True) -> list[str]:
+def load_regime(regime: str) -> DictConfig:
+    """The composed `regime` block of a regime (its baseline, steps and branches)."""
+    return _ladder(regime, ()).regime
+
+
+def list_steps(regime: str | DictConfig = "r50", adopted_only: bool = True) -> list[str]:
     """Rung names in the paper's order, the baseline first; `adopted_only=False` also lists the
     branches that were tried and not adopted (kernel_5, kernel_9, kernel_11)."""
-    spec = load_regime(regime)
+    spec = load_regime(regime) if isinstance(regime, str) else regime
     return [spec.baseline, *(s for s in spec.steps if adopted_only is False or s not in spec.branches)]
 
 
-def step_chain(step: str, regime: str = "r50") -> list[str]:
+def step_chain(step: str, regime: str | DictConfig = "r50") -> list[str]:
     """The deltas that make `step`, in order (empty for the baseline)."""
-    spec = load_regime(regime)
+    spec = load_regime(regime) if isinstance(regime, str) else regime
     if step == spec.baseline:
         return []
     if step in spec.branches:
-        return [*step_chain(spec.branches[step], regime), step]
-    adopted = list_steps(regime)[1:]
+        return [*step_chain(spec.branches[step], spec), step]
+    adopted = list_steps(spec)[1:]
     if step in adopted:
         return adopted[: adopted.index(step) + 1]
-    valid = list_steps(regime, adopted_only=False)
-    raise LadderError(f"step={step!r} is not a step of regime {regime!r}; valid steps: {valid}")
+    raise LadderError(f"step={step!r} is not a step of regime {spec.name!r}; "
+                      f"valid steps: {list_steps(spec, adopted_only=False)}")
 
 
-def load_delta(step: str, regime: str) -> DictConfig:
-    specific = conf_dir() / "steps" / regime / f"{step}.yaml"
-    return OmegaConf.load(specific if specific.is_file() else conf_dir() / "steps" / f"{step}.yaml")
-
-
-def compose_arch(step: str, regime: str = "r50", overrides: Mapping[str, Any] | None = None) -> ArchConfig:
-    """The rung's ArchConfig: baseline ⊕ deltas up to `step` ⊕ `overrides` (None values skipped)."""
-    chain = step_chain(step, regime)
-    merged: dict[str, Any] = OmegaConf.to_container(load_regime(regime).arch)
-    for name in chain:
-        merged.update(OmegaConf.to_container(load_delta(name, regime)))
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(ArchConfig.field_names()))
+def check_deltas(deltas: Sequence[str], regime: DictConfig) -> list[str]:
+    deltas = [str(d) for d in deltas]
+    unknown = [d for d in deltas if d not in regime.steps]
     if unknown:
-        raise LadderError(f"unknown builder field(s) {unknown}; valid fields: {ArchConfig.field_names()}")
-    merged.update({k: v for k, v in overrides.items() if v is not None})
+        raise LadderError(f"deltas={deltas}: {unknown} are not deltas of regime {regime.name!r}; "
+                          f"valid deltas: {list(regime.steps)}")
+    if len(set(deltas)) != len(deltas):
+        raise LadderError(f"deltas={deltas} lists a delta twice")
+    return deltas
+
+
+def rung_name(deltas: Sequence[str], regime: DictConfig) -> str:
+    """A delta list's readable, deterministic name: the step whose chain it is, `<step>_without_<x>`
+    for that chain with one delta taken out, else the deltas joined by `+` (the baseline if none)."""
+    deltas = list(deltas)
+    if not deltas:
+        return str(regime.baseline)
+    chain = step_chain(deltas[-1], regime)
+    if chain == deltas:
+        return deltas[-1]
+    missing = [d for d in chain if d not in deltas]
+    if len(missing) == 1 and [d for d in chain if d in deltas] == deltas:
+        return f"{deltas[-1]}_without_{missing[0]}"
+    return "+".join(deltas)
+
+
+def steps_override(regime: DictConfig, deltas: Sequence[str]) -> str:
+    """The Hydra override that appends the deltas' config files (a regime's own version first)."""
+    options = [f"{regime.name}/{d}" if (conf_dir() / "steps" / str(regime.name) / f"{d}.yaml").is_file() else d
+               for d in deltas]
+    return f"+steps=[{','.join(options)}]"
+
+
+def rung_deltas(cfg: DictConfig) -> list[str]:
+    """The deltas of the rung a (first-pass) run config names: `deltas`, or the chain to `step`."""
+    if cfg.get("deltas") is not None:
+        return check_deltas(cfg.deltas, cfg.regime)
+    return [] if cfg.step is None else step_chain(cfg.step, cfg.regime)  # None: roadmap.inspect's table
+
+
+def rung_overrides(cfg: DictConfig) -> list[str]:
+    """What the second pass adds to the command line: the deltas, and the rung's name for a list."""
+    deltas = rung_deltas(cfg)
+    extra = [steps_override(cfg.regime, deltas)] if deltas else []
+    if cfg.get("deltas") is not None:
+        extra.append(f"step={rung_name(deltas, cfg.regime)}")
+    return extra
+
+
+def _with_deltas(overrides: Sequence[str], config_name: str) -> tuple[list[str], bool]:
+    """(the second pass's extra overrides, whether `overrides` carry them already). The `steps`
+    group is written by the first pass only: given by hand, it must be what the rung names."""
+    given = [o for o in overrides if o.lstrip("+").startswith("steps=")]
+    extra = rung_overrides(_compose(config_name, [o for o in overrides if o not in given]))
+    if given and given != [o for o in extra if o.startswith("+steps=")]:
+        raise LadderError(f"{given[0]}: a rung's deltas are chosen by step=<name> or deltas=[…], not by the "
+                          f"steps group (this rung's: {extra[0] if extra else 'none'})")
+    return extra, bool(given)
+
+
+def compose_run(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
+    """The run config of a rung, composed by Hydra with its deltas (see the module docstring)."""
+    extra, given = _with_deltas(overrides, config_name)
+    return _compose(config_name, list(overrides) if given else [*overrides, *extra])
+
+
+def with_rung_overrides(argv: Sequence[str], config_name: str = "train") -> list[str]:
+    """A command line with the rung's deltas added (for `hydra.main`, so that `--cfg job` and the
+    run see the composed rung); unchanged when it has them already (a DDP rank re-running it)."""
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(list(argv[1:]))
+    if args.help or args.hydra_help:
+        return list(argv)
+    extra, given = _with_deltas(args.overrides, config_name)
+    if given:
+        return list(argv)
+    at = max((i for i, a in enumerate(argv) if a in args.overrides), default=0) + 1  # before any --option
+    return [*argv[:at], *extra, *argv[at:]]
+
+
+def rung_argv(prog: str, config_name: str) -> list[str]:
+    """sys.argv with the rung's deltas added; a bad override or rung ends the process with one
+    line (exit 2), before anything is written."""
+    import sys
+
     try:
-        return ArchConfig(**merged)
+        return with_rung_overrides(sys.argv, config_name)
+    except LadderError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def compose_arch(step: str | None = None, regime: str = "r50", overrides: Mapping[str, Any] | None = None,
+                 deltas: Sequence[str] | None = None) -> ArchConfig:
+    """The rung's ArchConfig: baseline ⊕ deltas (the chain to `step`, or `deltas`) ⊕ `overrides`
+    (builder fields; None values skipped), composed from the same files as a run."""
+    spec = load_regime(regime)
+    chain = check_deltas(deltas, spec) if deltas is not None else step_chain(step or spec.baseline, spec)
+    fields = OmegaConf.to_container(_ladder(regime, tuple(chain)).model)
+    name = step if deltas is None else rung_name(chain, spec)
+    return arch_config({**fields, **{k: v for k, v in dict(overrides or {}).items() if v is not None}},
+                       f"rung {regime}/{name}")
+
+
+def arch_config(fields: Mapping[str, Any], rung: str) -> ArchConfig:
+    """ArchConfig from a composed `model` block, with one line naming what is wrong."""
+    unknown = sorted(set(fields) - set(ArchConfig.field_names()))
+    if unknown:
+        raise LadderError(f"{rung}: unknown builder field(s) {unknown}; valid fields: {ArchConfig.field_names()}")
+    try:
+        return ArchConfig(**fields)
     except ArchConfigError as error:
-        raise LadderError(f"rung {regime}/{step}: {error}") from error
+        raise LadderError(f"{rung}: {error}") from error
 
 
 def changed_fields(step: str, regime: str = "r50") -> dict[str, Any]:
-    """What `step` itself sets (its delta), for tables; the baseline's full arch for the baseline."""
+    """What `step` itself sets (its delta, as dotted keys), for tables; the baseline's arch for the baseline."""
     spec = load_regime(regime)
+    base = _ladder(regime, ())
     if step == spec.baseline:
-        return dict(OmegaConf.to_container(spec.arch))
-    step_chain(step, regime)  # validates the name
-    return dict(OmegaConf.to_container(load_delta(step, regime)))
+        return dict(OmegaConf.to_container(base.model))
+    step_chain(step, spec)  # validates the name
+    before, after = _flat(base), _flat(_ladder(regime, (step,)))
+    return {k.removeprefix("model."): v for k, v in after.items() if before.get(k, ...) != v}
+
+
+def _flat(cfg: DictConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg), "")
+    return flat
+

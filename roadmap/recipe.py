@@ -1,4 +1,5 @@
-"""The training recipe's pieces: AdamW parameter groups, the per-step LR schedule, MixUp/CutMix."""
+"""The training recipe's pieces: the optimizer (AdamW, or the classic recipe's SGD), the per-step
+LR schedule (warmup + cosine, or step decay), MixUp/CutMix."""
 from __future__ import annotations
 
 import math
@@ -26,10 +27,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("warmup_cosine", "step")
+
+
 def build_optimizer(model: nn.Module, recipe: Mapping[str, Any], lr: float) -> torch.optim.Optimizer:
+    """AdamW without decay on 1-D parameters (the modern recipe), or SGD with momentum and weight
+    decay on every parameter (torchvision's classic ResNet recipe)."""
     opt = recipe["optimizer"]
-    if opt["name"] != "adamw":
-        raise ValueError(f"recipe.optimizer.name={opt['name']!r} is not supported; valid: ['adamw']")
+    if opt["name"] not in OPTIMIZERS:
+        raise ValueError(f"recipe.optimizer.name={opt['name']!r} is not supported; valid: {list(OPTIMIZERS)}")
+    if opt["name"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(opt["momentum"]),
+                               weight_decay=float(opt["weight_decay"]))
     groups = param_groups(model, float(opt["weight_decay"]))
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(opt["betas"]), eps=float(opt["eps"]))
 
@@ -55,10 +65,31 @@ class WarmupCosine:
         return value / self.lr
 
 
+@dataclass
+class StepDecay:
+    """LR multiplier per optimizer step: x `gamma` at each of `milestones` (in epochs)."""
+
+    milestones: tuple[float, ...]
+    gamma: float
+    steps_per_epoch: float
+
+    def __call__(self, step: int) -> float:
+        epoch = step / self.steps_per_epoch
+        return self.gamma ** sum(epoch >= m for m in self.milestones)
+
+
 def build_schedule(
     optimizer: torch.optim.Optimizer, recipe: Mapping[str, Any], lr: float, total_steps: int, steps_per_epoch: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """recipe.schedule.name: `warmup_cosine` (the default; recipes recorded before the key existed
+    have it) or `step` (milestones in epochs, gamma)."""
     sched = recipe["schedule"]
+    name = sched.get("name", "warmup_cosine")
+    if name not in SCHEDULES:
+        raise ValueError(f"recipe.schedule.name={name!r} is not supported; valid: {list(SCHEDULES)}")
+    if name == "step":
+        decay = StepDecay(tuple(float(m) for m in sched["milestones"]), float(sched["gamma"]), steps_per_epoch)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
     warmup = min(total_steps, round(float(sched["warmup_epochs"]) * steps_per_epoch))
     curve = WarmupCosine(lr, total_steps, warmup, float(sched["warmup_start_lr"]), float(sched["min_lr"]))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, curve)

@@ -26,7 +26,8 @@ from omegaconf import DictConfig
 from roadmap.collect import collect, load_results, summarize
 from roadmap.ladder import LadderError, conf_dir, list_steps, load_regime, step_chain
 from roadmap.reference import paper_ladder
-from roadmap.results import METRICS_FILE, RESULT_FIELDS, RESULT_FILE
+from roadmap.results import RESULT_FIELDS, RESULT_FILE, list_runs, read_history
+from roadmap.statistics import beyond_noise, gain_agreement, ordered_pairs, seed_spread, spearman
 
 FIGURES = ("ladder", "top1_vs_gmacs", "top1_vs_throughput", "curves", "dynamics")
 DEFAULT_REGIME = "r50"
@@ -67,20 +68,16 @@ class ReportData:
 
 
 def load_curves(experiment_dir: Path) -> pd.DataFrame:
-    """Every run's metrics.csv (<regime>/<rung>/seed<k>/), finished or still running, stacked."""
+    """Every run's metrics.csv (`results.list_runs`), finished or still running, stacked; the
+    optimizer step of metrics.csv is `optimizer_step`, `step` is the rung's."""
     frames = []
-    for path in sorted(Path(experiment_dir).glob(f"*/*/seed*/{METRICS_FILE}")):
-        seed_dir, rung_dir, regime_dir = path.parent, path.parent.parent, path.parent.parent.parent
-        try:
-            frame = pd.read_csv(path)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError):
-            continue
+    for run in list_runs(experiment_dir):
+        frame = pd.DataFrame(read_history(run.path))
         if frame.empty or "epoch" not in frame:
             continue
-        step, _, variant = rung_dir.name.partition("-")
-        frame = frame.drop_duplicates("epoch", keep="last").assign(
-            regime=regime_dir.name, rung=rung_dir.name, step=step, variant=variant,
-            seed=int(seed_dir.name.removeprefix("seed")), order=_order(regime_dir.name, step),
+        frame = frame.rename(columns={"step": "optimizer_step"}).assign(
+            regime=run.regime, rung=run.rung, step=run.step, variant=run.variant or "", seed=run.seed,
+            order=_order(run.regime, run.step),
         )
         frames.append(frame.reindex(columns=CURVE_COLUMNS + [c for c in frame if c.startswith(DYN)]))
     if not frames:
@@ -96,7 +93,7 @@ def load_report_data(experiment_dir: str | Path, write_collect: bool = False) ->
     `roadmap.collect.collect`, which rewrites results.csv and summary.csv."""
     experiment_dir = Path(experiment_dir)
     table = experiment_dir / "results.csv"
-    records = list(experiment_dir.glob(f"*/*/seed*/{RESULT_FILE}"))
+    records = [run.path / RESULT_FILE for run in list_runs(experiment_dir) if (run.path / RESULT_FILE).is_file()]
     stale = bool(records) and (
         not table.is_file() or max(p.stat().st_mtime for p in records) > table.stat().st_mtime
     )
@@ -130,12 +127,13 @@ def parent_step(regime: str, step: str) -> str | None:
 
 def ladder_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME) -> pd.DataFrame:
     """One row per paper rung (and per extra step we ran), in ladder order, our numbers beside the
-    paper's (NaN where a rung has not run), `rung` (the README's number; -1 off the adopted path),
+    paper's (NaN where a rung has not run), `number` (the README's; -1 off the adopted path),
     `parent`, and `gain` / `paper_gain` over the parent rung.
     Reference rows (Swin, adopted = "ref") come last."""
     paper = paper_ladder(regime)[["order", "step", "title", "adopted", "paper_top1", "paper_top1_std", "paper_gflops"]]
     ours = summary[(summary["regime"] == regime) & (summary["variant"].fillna("") == "")]
     ours = ours.drop(columns=["regime", "variant", "order", "paper_top1", "paper_top1_std", "paper_gflops"])
+    paper = paper[(paper["order"] >= 0) | paper["step"].isin(ours["step"])]  # before the baseline (the recipe step): once run
     table = paper.merge(ours, on="step", how="outer")
     # A step we ran that the paper's table lacks gets its ladder position and adoption here.
     adopted_steps = list_steps(regime) if _known_regime(regime) else []
@@ -145,8 +143,8 @@ def ladder_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME) -> pd.Data
         for a, s in zip(table["adopted"], table["step"])
     ]
     table = table.sort_values("order", kind="stable").reset_index(drop=True)
-    table["rung"] = (table["adopted"] == "yes").cumsum() - 1  # README's numbering: adopted rungs only
-    table.loc[table["adopted"] != "yes", "rung"] = -1
+    table["number"] = (table["adopted"] == "yes").cumsum() - 1  # README's numbering: adopted rungs only
+    table.loc[table["adopted"] != "yes", "number"] = -1
     table["parent"] = [parent_step(regime, s) for s in table["step"]]
     by_step = table.set_index("step")
     for ours_col, gain_col in (("top1_mean", "gain"), ("paper_top1", "paper_gain")):
@@ -165,30 +163,6 @@ def _known_regime(regime: str) -> bool:
         return False
 
 
-def spearman(table: pd.DataFrame) -> tuple[float, int]:
-    """Spearman rank correlation of our per-rung mean top-1 and the paper's, over adopted rungs
-    that have both (ties get average ranks); NaN below 3 rungs. Returns (rho, number of rungs)."""
-    rows = table[table["adopted"] == "yes"].dropna(subset=["top1_mean", "paper_top1"])
-    if len(rows) < 3:
-        return math.nan, len(rows)
-    return float(rows["top1_mean"].rank().corr(rows["paper_top1"].rank())), len(rows)
-
-
-def ordered_pairs(table: pd.DataFrame, min_gap: float = 0.5) -> tuple[int, int]:
-    """Of the pairs of adopted rungs (both with results) whose paper top-1 differs by at least
-    `min_gap` points (the pairs a proxy can hope to resolve), how many our means order the same
-    way: (agree, of)."""
-    rows = table[table["adopted"] == "yes"].dropna(subset=["top1_mean", "paper_top1"])
-    ours, paper = rows["top1_mean"].to_numpy(), rows["paper_top1"].to_numpy()
-    agree = total = 0
-    for i in range(len(rows)):
-        for j in range(i + 1, len(rows)):
-            if abs(paper[i] - paper[j]) >= min_gap:
-                total += 1
-                agree += bool(np.sign(ours[i] - ours[j]) == np.sign(paper[i] - paper[j]))
-    return agree, total
-
-
 def missing_rungs(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, adopted_only: bool = True) -> list[str]:
     """Rungs of the regime with no completed run yet, in ladder order."""
     done = set(summary.loc[(summary["regime"] == regime) & (summary["variant"].fillna("") == ""), "step"])
@@ -203,36 +177,6 @@ def status_note(data: ReportData, regime: str = DEFAULT_REGIME) -> str:
     if len(missing) == total:
         return f"{data.name} ({regime}): no completed runs under {data.experiment_dir} yet: the paper's numbers alone."
     return f"{data.name} ({regime}): {total - len(missing)} of {total} adopted rungs have results; missing: {', '.join(missing)}."
-
-
-def gain_agreement(table: pd.DataFrame) -> tuple[int, int]:
-    """How many steps (adopted or branch) move top-1 the same way as in the paper: (agree, of)."""
-    rows = table[table["adopted"].isin(["yes", "no"])].dropna(subset=["gain", "paper_gain"])
-    return int((np.sign(rows["gain"]) == np.sign(rows["paper_gain"])).sum()), len(rows)
-
-
-
-def seed_spread(table: pd.DataFrame) -> tuple[float, float, float, int]:
-    """Std of top-1 over seeds on adopted rungs with n >= 2: (median, max, pooled, number of rungs).
-    The pooled std, sqrt(sum (n-1) s² / sum (n-1)), assumes every rung is as noisy as the others:
-    with 2 or 3 seeds a single rung's std is itself too uncertain to judge a step by."""
-    rows = table[(table["adopted"] == "yes") & (table["n"] >= 2)].dropna(subset=["top1_std"])
-    if rows.empty:
-        return math.nan, math.nan, math.nan, 0
-    pooled = math.sqrt(((rows["n"] - 1) * rows["top1_std"] ** 2).sum() / (rows["n"] - 1).sum())
-    return float(rows["top1_std"].median()), float(rows["top1_std"].max()), pooled, len(rows)
-
-
-def beyond_noise(table: pd.DataFrame, z: float = 2.0) -> pd.DataFrame:
-    """Steps (adopted or branch) whose change over the parent rung exceeds z standard errors of a
-    difference of two means with the pooled seed std, s_pooled * sqrt(1/n + 1/n_parent); both
-    rungs need a result. Adds `gain_se`; empty while no rung has 2 seeds."""
-    pooled = seed_spread(table)[2]
-    by_step = table.set_index("step")
-    rows = table[table["adopted"].isin(["yes", "no"]) & table["parent"].isin(by_step.index)].dropna(subset=["gain"])
-    parent_n = by_step.loc[rows["parent"], "n"].to_numpy(dtype=float)
-    rows = rows.assign(gain_se=pooled * np.sqrt(1 / rows["n"].to_numpy(dtype=float) + 1 / parent_n))
-    return rows[rows["gain_se"].notna() & (rows["gain"].abs() > z * rows["gain_se"])]
 
 
 # -------------------------------------------------------------------------------------- markdown
@@ -265,7 +209,7 @@ def markdown_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, image_si
         name = {"no": f"`{row['step']}` (not adopted)", "ref": f"{_short_title(row['title'])} (reference)"}.get(
             row["adopted"], f"`{row['step']}`")
         lines.append(
-            f"| {'–' if row['rung'] < 0 else row['rung']} | {name} "
+            f"| {'–' if row['number'] < 0 else row['number']} | {name} "
             f"| {_mean_std(row['top1_mean'], row['top1_std'], row['n'])} "
             f"| {_mean_std(row['top1_ema_mean'], row['top1_ema_std'])} "
             f"| {_num(row['params'] / 1e6, '.3f')} | {_num(row['gmacs'], '.4f')} | {_num(row['train_img_per_s'], '.0f')} "
@@ -273,12 +217,15 @@ def markdown_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, image_si
             f"| {_num(row['gain'], signed=True)} | {_num(row['paper_gain'], signed=True)} |"
         )
     rho, k = spearman(table)
+    loss_rho, loss_k = spearman(table, "train_loss_sum_mean", lower_is_better=True)
     agree, steps = gain_agreement(table)
     pairs_agree, pairs = ordered_pairs(table)
     lines += [
         "",
         f"Spearman rank correlation of our mean top-1 with the paper's over {k} adopted rungs: "
-        + (f"ρ = {rho:.3f}." if not math.isnan(rho) else "n/a (needs 3 rungs with results)."),
+        + (f"ρ = {rho:.3f}." if not math.isnan(rho) else "n/a (needs 3 rungs with results).")
+        + f" Of our training-loss sum (lower ranks higher; {loss_k} rungs): "
+        + (f"ρ = {loss_rho:.3f}." if not math.isnan(loss_rho) else "n/a."),
         f"Rung pairs whose paper top-1 differs by ≥ 0.5 points ordered as in the paper: {pairs_agree} of {pairs}.",
         f"Steps whose top-1 change has the paper's sign: {agree} of {steps}.",
         *_noise_lines(table),
@@ -631,7 +578,7 @@ def write_report(experiment_dir: str | Path, report_dir: str | Path | None = Non
 @hydra.main(config_path=str(conf_dir()), config_name="report", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     experiment_dir = Path(cfg.output_root) / cfg.experiment_name
-    if not any(experiment_dir.glob("*/*/seed*")) and not (experiment_dir / "results.csv").is_file():
+    if not list_runs(experiment_dir) and not (experiment_dir / "results.csv").is_file():
         print(f"roadmap.report: warning: no runs under {experiment_dir}: the paper's numbers alone", file=sys.stderr)
     control = Path(cfg.output_root) / cfg.control if cfg.control else None
     if control is not None and not (control / "results.csv").is_file():

@@ -1,12 +1,16 @@
-"""The run record: result.json's fields (one schema for run, collect and report), atomic writes,
-and the config hash that decides whether a directory holds "the same run"."""
+"""The run record and the run directory's one contract: result.json's fields (one schema for run,
+collect and report), atomic writes, the config hash that decides whether a directory holds "the
+same run", where runs live (`list_runs`) and what state one is in (`run_state`)."""
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ RESULT_FILE = "result.json"
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "last.ckpt"
 METRICS_FILE = "metrics.csv"
+JOB_FILE = "slurm_job.json"  # the SLURM job of a rung submitted by launcher=slurm
 
 # Every result.json has these fields (None where a failed run has no value).
 RESULT_FIELDS = [
@@ -39,10 +44,7 @@ UNHASHED_KEYS = ["output_root", "output_dir", "force", "logger", "data.root", "d
 
 # Keys added after runs were recorded, with the value every earlier run had: a key holding that
 # value hashes as absent, so the recorded runs keep their hashes.
-LEGACY_VALUES = {
-    "model.init": "trunc_normal", "arch.init": "trunc_normal", "recipe.init": "trunc_normal",
-    "model.head_init_scale": 1.0, "arch.head_init_scale": 1.0,
-}
+LEGACY_VALUES = {"model.init": "trunc_normal", "recipe.init": "trunc_normal", "model.head_init_scale": 1.0}
 
 
 def _pop_dotted(container: dict[str, Any], dotted: str, only_if: Any = ...) -> None:
@@ -62,10 +64,23 @@ def _drop_nulls(node: Any) -> Any:
     return node
 
 
+def canonical_config(container: dict[str, Any]) -> dict[str, Any]:
+    """What a run computes, in one layout for every config.yaml ever written: the rung's full
+    builder fields as `model` (config.yaml files written before the deltas were composed by Hydra
+    hold them as `arch`, beside a `model` block of command-line overrides already folded into it),
+    and of the regime only its name (its baseline, steps and branches are what made `model`)."""
+    canonical = dict(container)
+    if "arch" in canonical:
+        canonical["model"] = canonical.pop("arch")
+    if isinstance(canonical.get("regime"), dict):
+        canonical["regime"] = {"name": canonical["regime"].get("name")}
+    return canonical
+
+
 def config_hash(cfg: DictConfig) -> str:
-    """A short hash of what the run computes. Null values count as absent, so adding an
-    optional key (default null) to the configs later leaves recorded runs' hashes unchanged."""
-    container = _drop_nulls(OmegaConf.to_container(cfg, resolve=True))
+    """A short hash of what the run computes (`canonical_config`). Null values count as absent,
+    so adding an optional key (default null) to the configs later leaves recorded runs' hashes unchanged."""
+    container = _drop_nulls(canonical_config(OmegaConf.to_container(cfg, resolve=True)))
     for dotted in UNHASHED_KEYS:
         _pop_dotted(container, dotted)
     for dotted, value in LEGACY_VALUES.items():
@@ -85,6 +100,26 @@ def recorded_config_hash(out_dir: Path) -> str | None:
         return config_hash(recorded) if len(recorded) else stored
     result = read_result(out_dir)
     return None if result is None else result.get("config_hash")
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's metrics.csv, one row per epoch in order (across attempts: a rerun epoch keeps its
+    last row), values as floats (None where empty); [] when there is none yet."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    by_epoch: dict[int, dict[str, Any]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            by_epoch[int(row["epoch"])] = {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def train_loss_sum(history: Iterable[dict[str, Any]]) -> float | None:
+    """Sum over the run's epochs of the epoch's mean training loss (metrics.csv's `train/loss`, so
+    a resumed run counts each epoch once); None when no epoch has one."""
+    losses = [row["train/loss"] for row in history if row.get("train/loss") is not None]
+    return round(sum(losses), 6) if losses else None
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -201,3 +236,80 @@ def refresh_lock(out_dir: Path) -> None:
 
 def release_lock(out_dir: Path) -> None:
     (out_dir / LOCK_FILE).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run directory, <experiment>/<regime>/<rung>/seed<k>/ (`rung` = train.yaml's
+    `${rung_dir:${step},${variant}}`); its identity is read from its config.yaml or result.json,
+    the directory's names only where neither is there yet."""
+
+    regime: str
+    rung: str
+    step: str
+    variant: str | None
+    seed: int
+    path: Path
+
+
+def list_runs(experiment_dir: Path) -> list[RunDir]:
+    """Every run directory under experiment_dir that holds a config, a result or metrics, sorted by path."""
+    runs = []
+    for path in sorted(Path(experiment_dir).glob("*/*/seed*")):
+        if not any((path / name).is_file() for name in (CONFIG_FILE, RESULT_FILE, METRICS_FILE)):
+            continue
+        identity = _identity(path)
+        step, _, variant = path.parent.name.partition("-")
+        runs.append(RunDir(
+            regime=str(identity.get("regime") or path.parent.parent.name), rung=path.parent.name,
+            step=str(identity.get("step") or step), variant=identity.get("variant", variant) or None,
+            seed=int(identity.get("seed", path.name.removeprefix("seed"))), path=path,
+        ))
+    return runs
+
+
+def _identity(path: Path) -> dict[str, Any]:
+    try:
+        result = read_result(path)
+    except ValueError:
+        result = None
+    if result is not None:
+        return result
+    if (path / CONFIG_FILE).is_file():
+        config = OmegaConf.load(path / CONFIG_FILE)
+        return {"regime": OmegaConf.select(config, "regime.name"), "step": config.get("step"),
+                "variant": config.get("variant"), "seed": config.get("seed")}
+    return {}
+
+
+def run_state(out_dir: Path, expected_hash: str) -> str:
+    """done | failed | running | queued (its SLURM job waits) | interrupted (stopped by a signal, or
+    has last.ckpt) | pending | conflict (it holds a run of another config than `expected_hash`)."""
+    try:
+        result = read_result(out_dir)
+        recorded = recorded_config_hash(out_dir)
+    except ValueError:
+        return "failed"
+    if recorded is not None and recorded != expected_hash:
+        return "conflict"
+    if lock_holder(out_dir) is not None:
+        return "running"
+    if result is not None and result.get("status") != "interrupted":
+        return "done" if result.get("status") == "completed" else "failed"
+    if queued_job(out_dir) is not None:
+        return "queued"
+    return "interrupted" if (out_dir / CHECKPOINT_FILE).is_file() else "pending"
+
+
+def queued_job(out_dir: Path) -> str | None:
+    """The id of the rung's SLURM job while it waits in the queue (squeue: PENDING, CONFIGURING,
+    REQUEUED), else None (no job file, no squeue, or the job is running or gone)."""
+    path = out_dir / JOB_FILE
+    if not path.is_file():
+        return None
+    job_id = str(json.loads(path.read_text())["job_id"])
+    try:
+        squeue = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return job_id if squeue.stdout.strip().startswith(("PENDING", "CONFIGURING", "REQUEUE")) else None

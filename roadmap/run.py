@@ -26,19 +26,21 @@ from typing import TYPE_CHECKING, Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from roadmap.data import DataError, augment_on
-from roadmap.ladder import LadderError, compose_arch, conf_dir
+from roadmap.ladder import LadderError, arch_config, conf_dir, rung_argv
 from roadmap.model.config import ArchConfig
 from roadmap.results import (
     CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE, acquire_lock, config_hash, git_commit, read_result,
-    recorded_config_hash, release_lock, write_result,
+    recorded_config_hash, release_lock, run_state, train_loss_sum, write_result,
 )
 from roadmap.signals import Interrupted, exit_by_signal, raise_on_signals
 
 if TYPE_CHECKING:
-    from roadmap.callbacks import RunState
+    import lightning as L
+
+    from roadmap.callbacks import EpochMetrics, RunState
 
 log = logging.getLogger("roadmap.run")
 trace_log = logging.getLogger("roadmap.run.trace")  # tracebacks: run.log only (stderr gets one line)
@@ -63,7 +65,7 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class RunPlan:
-    cfg: DictConfig  # resolved; `arch` holds the rung's full ArchConfig, trainer "auto"s are filled in
+    cfg: DictConfig  # resolved; `model` holds the rung's full ArchConfig, trainer "auto"s are filled in
     arch: ArchConfig
     out_dir: Path
     devices: int
@@ -98,13 +100,14 @@ def valid_per_device_batches(global_batch: int, devices: int) -> list[int]:
 
 
 def plan_run(cfg: DictConfig) -> RunPlan:
-    """Resolve and check a run's config without touching the disk."""
+    """Resolve and check a run's config (composed with its deltas: `ladder.compose_run`, or
+    `roadmap.run`'s command line) without touching the disk."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     trainer = cfg.trainer
     _resolve_auto_trainer(trainer)
     _check_integers(cfg)
     try:
-        arch = compose_arch(cfg.step, cfg.regime.name, cfg.model)
+        arch = arch_config(cfg.model, f"rung {cfg.regime.name}/{cfg.step}")
     except LadderError as error:
         raise RunConfigError(str(error)) from error
     stride = 4 * 2 ** (len(arch.depths) - 1)  # the stem's 4, then 2 per later stage
@@ -122,8 +125,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         )
     if _mixing(cfg) and per_device % 2:
         raise RunConfigError(f"trainer.per_device_batch={per_device} must be even with MixUp/CutMix (timm pairs images)")
-    with open_dict(cfg):
-        cfg.arch = asdict(arch)
+    cfg.model = asdict(arch)  # every builder field, as the builder reads it
     return RunPlan(cfg, arch, Path(cfg.output_dir), devices, global_batch // per_step, config_hash(cfg))
 
 
@@ -135,17 +137,17 @@ def _is_rank_zero() -> bool:
 
 def check_directory(plan: RunPlan) -> str:
     """"skip" (completed, same config), "rerun" (completed, force=true: trained aside, see RERUN_DIR),
-    "resume", "fresh"; raises on a different config."""
+    "resume", "fresh"; raises on a different config (`results.run_state`: conflict)."""
     out = plan.out_dir
-    previous = read_result(out)
-    recorded = recorded_config_hash(out)
-    if recorded is not None and recorded != plan.config_hash:
+    read_result(out)  # an invalid result.json is an error naming it, never overwritten
+    state = run_state(out, plan.config_hash)
+    if state == "conflict":
         raise RunConfigError(
-            f"{out} holds a run with a different config (config_hash {recorded}, this one "
+            f"{out} holds a run with a different config (config_hash {recorded_config_hash(out)}, this one "
             f"{plan.config_hash}); nothing was changed there. Use another experiment_name, seed or "
             f"output_root, or remove that directory to replace it (compare with its {CONFIG_FILE})."
         )
-    if previous and previous.get("status") == "completed":
+    if state == "done":
         return "rerun" if plan.cfg.force else "skip"
     if (out / CHECKPOINT_FILE).is_file() and not plan.cfg.force:
         return "resume"
@@ -224,33 +226,15 @@ def _build_loggers(plan: RunPlan) -> list[Any]:
     return loggers
 
 
-def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState) -> dict[str, Any] | None:
-    """Fit (from work/last.ckpt when resuming) and evaluate; returns the result record on rank 0,
-    None on the other ranks. The record is computed from the run's whole history: metrics.csv
-    across attempts, and an evaluation of the final model when its last epoch has no validation."""
+def build_trainer(plan: RunPlan, work: Path, callbacks: list[Any], logger: Any, **changes: Any) -> L.Trainer:
+    """The run's Lightning Trainer, every argument from the plan (`changes` replace some: the
+    benchmarks time this same Trainer)."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from roadmap.callbacks import AtomicCheckpointIO, EpochMetrics, PlainProgress
-    from roadmap.diagnostics import TrainingDynamics, train_loss_sum
-    from roadmap.module import Classifier
+    from roadmap.callbacks import AtomicCheckpointIO
 
     cfg = plan.cfg
-    module = Classifier(
-        parts.model, OmegaConf.to_container(cfg.recipe), plan.arch.num_classes, int(cfg.recipe.global_batch),
-        channels_last=bool(cfg.trainer.channels_last),
-    )
-    metrics = EpochMetrics(work, lock_dir=plan.out_dir)
-    dynamics = [TrainingDynamics()] if cfg.trainer.diagnostics else []  # before `metrics`, which writes its values
-    interactive = sys.stdout.isatty()
-    callbacks = [*dynamics, metrics, state, ModelCheckpoint(  # one rolling last.ckpt, rewritten (atomically) every epoch
-        dirpath=work, filename=CHECKPOINT_FILE.removesuffix(".ckpt"), save_top_k=1, enable_version_counter=False
-    )]
-    if not interactive:
-        callbacks.append(PlainProgress(int(cfg.trainer.log_every_n_steps)))
-    # run.log is always there; the run's own files are what matter, and it never overwrites them.
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    trainer = L.Trainer(
+    options = dict(
         accelerator=cfg.trainer.accelerator,
         devices=plan.devices,
         num_nodes=int(cfg.trainer.num_nodes),
@@ -267,12 +251,48 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
         deterministic=bool(cfg.trainer.deterministic),
         num_sanity_val_steps=0,
         enable_model_summary=False,
-        enable_progress_bar=interactive,
+        enable_progress_bar=sys.stdout.isatty(),
         default_root_dir=work,
-        logger=_build_loggers(plan),
+        logger=logger,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
     )
+    return L.Trainer(**{**options, **changes})
+
+
+def run_callbacks(plan: RunPlan, work: Path, state: Any | None = None) -> tuple[EpochMetrics, list[Any]]:
+    """metrics.csv's writer, and every callback of a run around it (diagnostics before it, which
+    writes their values; the run's state; one rolling last.ckpt, rewritten atomically every epoch)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from roadmap.callbacks import EpochMetrics, PlainProgress
+    from roadmap.diagnostics import TrainingDynamics
+
+    cfg = plan.cfg
+    metrics = EpochMetrics(work, lock_dir=plan.out_dir)
+    dynamics = [TrainingDynamics()] if cfg.trainer.diagnostics else []
+    callbacks = [*dynamics, metrics, *([state] if state is not None else []), ModelCheckpoint(
+        dirpath=work, filename=CHECKPOINT_FILE.removesuffix(".ckpt"), save_top_k=1, enable_version_counter=False
+    )]
+    if not sys.stdout.isatty():
+        callbacks.append(PlainProgress(int(cfg.trainer.log_every_n_steps)))
+    return metrics, callbacks
+
+
+def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState) -> dict[str, Any] | None:
+    """Fit (from work/last.ckpt when resuming) and evaluate; returns the result record on rank 0,
+    None on the other ranks."""
+    from roadmap.module import Classifier
+
+    cfg = plan.cfg
+    module = Classifier(
+        parts.model, OmegaConf.to_container(cfg.recipe), plan.arch.num_classes, int(cfg.recipe.global_batch),
+        channels_last=bool(cfg.trainer.channels_last),
+    )
+    metrics, callbacks = run_callbacks(plan, work, state)
+    # run.log is always there; the run's own files are what matter, and it never overwrites them.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    trainer = build_trainer(plan, work, callbacks, _build_loggers(plan))
     ckpt = work / CHECKPOINT_FILE if action == "resume" else None
     start = time.perf_counter()
     trainer.fit(module, datamodule=parts.datamodule, ckpt_path=ckpt, weights_only=True)
@@ -285,7 +305,13 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
         final = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if not trainer.is_global_zero:
         return None
-    history = metrics.history()
+    return result_record(plan, parts, metrics.history(), final, trainer.global_step, module.lr, wall, state)
+
+
+def result_record(plan: RunPlan, parts: Parts, history: list[dict[str, Any]], final: dict[str, Any],
+                  optimizer_steps: int, lr: float, wall: float, state: RunState) -> dict[str, Any]:
+    """A completed run's result.json, from its whole history (metrics.csv across attempts) and
+    `final`, an evaluation of the final model when its last epoch had no validation."""
     final = {**(history[-1] if history else {}), **final}
     if final.get("val/top1") is None:
         raise RuntimeError("the run ended without a validation accuracy (trainer.limit_val_batches=0?)")
@@ -308,8 +334,8 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
         "params": parts.params,
         "gmacs": parts.gmacs,
         "gmacs_224": parts.gmacs_224,
-        "optimizer_steps": trainer.global_step,
-        "lr": module.lr,
+        "optimizer_steps": optimizer_steps,
+        "lr": lr,
         "wall_s": round(wall, 2),
         "train_img_per_s": round(sum(speeds) / len(speeds), 2) if speeds else None,
         "skipped_images": len(parts.datamodule.skipped_images()),  # unreadable, per data.on_bad_image
@@ -386,7 +412,8 @@ def _close_run_log(handler: logging.Handler) -> None:
 
 
 def resume_command() -> str:
-    return shlex.join(["python", "-m", "roadmap.run", *sys.argv[1:]])
+    """The user's command line (without the deltas `ladder.rung_argv` added to it)."""
+    return shlex.join(["python", "-m", "roadmap.run", *(USER_ARGV or sys.argv)[1:]])
 
 
 def execute(cfg: DictConfig) -> int:
@@ -541,6 +568,11 @@ def main(cfg: DictConfig) -> None:
         sys.exit(code)
 
 
+USER_ARGV: list[str] = []  # the command line as typed, before rung_argv adds the deltas
+
+
 if __name__ == "__main__":
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    USER_ARGV = list(sys.argv)
+    sys.argv = rung_argv("roadmap.run", "train")
     main()

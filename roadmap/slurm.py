@@ -20,23 +20,11 @@ from typing import Any
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
+from roadmap.results import JOB_FILE
+
 log = logging.getLogger("roadmap.slurm")
-JOB_FILE = "slurm_job.json"
 
 
-
-def queued_job(out_dir: Path) -> str | None:
-    """The id of the rung's SLURM job while it waits in the queue (squeue: PENDING, CONFIGURING,
-    REQUEUED), else None (no job file, no squeue, or the job is running or gone)."""
-    path = out_dir / JOB_FILE
-    if not path.is_file():
-        return None
-    job_id = str(json.loads(path.read_text())["job_id"])
-    try:
-        squeue = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return job_id if squeue.stdout.strip().startswith(("PENDING", "CONFIGURING", "REQUEUE")) else None
 
 class RungJob(submitit.helpers.Checkpointable):
     """The callable submitit pickles: run one rung; requeued as is on preemption/timeout."""
@@ -107,13 +95,12 @@ def _finished(rung: Any, job: submitit.Job, submitted: float) -> bool:
 def launch_slurm(rungs: list[Any], passed_on: list[str], cfg: DictConfig) -> dict[str, int]:
     """Submit one job per rung; with launcher.wait, wait for all and return {label: 0 or 1}."""
     from roadmap.results import read_result
-    from roadmap.sweep import run_command
 
     executor = executor_for(cfg)
     jobs = {}
     for rung in rungs:
         executor.update_parameters(name=f"roadmap:{rung.label}")
-        job = executor.submit(RungJob(run_command(rung, passed_on), os.getcwd()))
+        job = executor.submit(RungJob(rung.command(passed_on), os.getcwd()))
         rung.out_dir.mkdir(parents=True, exist_ok=True)
         (rung.out_dir / JOB_FILE).write_text(json.dumps({"job_id": job.job_id, "submitted": time.time()}) + "\n")
         log.info("submitted %s as SLURM job %s", rung.label, job.job_id)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from roadmap.ladder import LadderError, compose_arch, conf_dir, list_steps, load_delta, load_regime, step_chain
-from roadmap.model.config import ArchConfig
-from roadmap.results import CHECKPOINT_FILE, lock_holder, read_result, recorded_config_hash
+from roadmap.ladder import (
+    LadderError, compose_arch, compose_run, conf_dir, list_steps, load_regime, rung_dir, rung_name, step_chain,
+)
+from roadmap.results import read_result, run_state
 from roadmap.signals import Interrupted, exit_by_signal, raise_on_signals, was_interrupted
 
 log = logging.getLogger("roadmap.sweep")
@@ -41,26 +42,31 @@ class SweepError(ValueError):
 class Rung:
     """One run of the sweep: its label, the `roadmap.run` overrides, where it writes."""
 
-    step: str
+    step: str  # the rung's name (a delta list's: `ladder.rung_name`)
     seed: int
     regime: str
     variant: str | None = None
     variant_overrides: dict[str, Any] = field(default_factory=dict)  # dotted run-config key -> value
+    deltas: list[str] | None = None  # an explicit delta list instead of the chain to `step`
     out_dir: Path = Path()
     config_hash: str = ""
 
     @property
     def label(self) -> str:
-        name = self.step if self.variant is None else f"{self.step}-{self.variant}"
-        return f"{self.regime}/{name}/seed{self.seed}"
+        return f"{self.regime}/{rung_dir(self.step, self.variant)}/seed{self.seed}"
 
     def overrides(self, passed_on: Sequence[str]) -> list[str]:
-        own = [f"regime={self.regime}", f"step={self.step}", f"seed={self.seed}"]
+        rung = f"step={self.step}" if self.deltas is None else f"deltas={_override_value(self.deltas)}"
+        own = [f"regime={self.regime}", rung, f"seed={self.seed}"]
         if self.variant is not None:
             own.append(f"variant={self.variant}")
         own += [f"{k}={_override_value(v)}" for k, v in self.variant_overrides.items()]
         own_keys = {o.split("=", 1)[0] for o in own}
         return [o for o in passed_on if o.split("=", 1)[0].lstrip("+~") not in own_keys] + own
+
+    def command(self, passed_on: Sequence[str]) -> list[str]:
+        """The rung's `python -m roadmap.run` command line (what launchers start)."""
+        return [sys.executable, "-m", "roadmap.run", *self.overrides(passed_on)]
 
 
 def _override_value(value: Any) -> str:
@@ -69,22 +75,20 @@ def _override_value(value: Any) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def leave_one_out(endpoint: str, regime: str) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """The endpoint with each adopted delta taken back (its fields reset to their value before the
-    step): ({variant: {"model.<field>": value}}, {step: why it cannot be removed alone})."""
+def leave_one_out(endpoint: str, regime: str) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The endpoint's chain with each delta taken out in turn: ({rung name: deltas}, {step: the
+    builder's reason it cannot be taken out alone}). Taking out the last delta is the previous rung."""
     chain = step_chain(endpoint, regime)
-    full = compose_arch(endpoint, regime)
-    variants, impossible = {}, {}
-    for index, step in enumerate(chain):
-        before = compose_arch(chain[index - 1] if index else list_steps(regime)[0], regime)
-        reverted = {k: getattr(before, k) for k in OmegaConf.to_container(load_delta(step, regime))}
+    rungs, impossible = {}, {}
+    for step in chain:
+        deltas = [d for d in chain if d != step]
         try:
-            ArchConfig(**{**{f.name: getattr(full, f.name) for f in fields(ArchConfig)}, **reverted})
-        except ValueError as error:
+            compose_arch(regime=regime, deltas=deltas)
+        except LadderError as error:
             impossible[step] = str(error)
             continue
-        variants[f"without_{step}"] = {f"model.{k}": v for k, v in reverted.items()}
-    return variants, impossible
+        rungs[rung_name(deltas, load_regime(regime))] = deltas
+    return rungs, impossible
 
 
 def expand(cfg: DictConfig) -> tuple[list[Rung], dict[str, str]]:
@@ -101,9 +105,9 @@ def expand(cfg: DictConfig) -> tuple[list[Rung], dict[str, str]]:
     for step in steps:
         step_chain(step, regime)  # a clear error for an unknown step
     seeds = list(preset.seeds) if preset.seeds is not None else [int(cfg.seed)]
-    variants, impossible = ({}, {})
+    taken_out, impossible = ({}, {})
     if preset.leave_one_out:
-        variants, impossible = leave_one_out(preset.leave_one_out, regime)
+        taken_out, impossible = leave_one_out(preset.leave_one_out, regime)
     factors = OmegaConf.to_container(preset.variants) if preset.get("variants") else {}
     for name, overrides in factors.items():
         if not isinstance(overrides, dict) or "-" in name or "/" in name:
@@ -113,7 +117,7 @@ def expand(cfg: DictConfig) -> tuple[list[Rung], dict[str, str]]:
     for seed in seeds:
         if preset.get("plain", True):
             rungs += [Rung(step, int(seed), regime) for step in steps]
-        rungs += [Rung(preset.leave_one_out, int(seed), regime, name, ov) for name, ov in variants.items()]
+        rungs += [Rung(name, int(seed), regime, deltas=deltas) for name, deltas in taken_out.items()]
         rungs += [Rung(step, int(seed), regime, name, ov) for name, ov in factors.items() for step in steps]
     return rungs, impossible
 
@@ -126,34 +130,16 @@ def passed_on_overrides() -> list[str]:
 
 def plan_rungs(rungs: list[Rung], passed_on: list[str]) -> None:
     """Fill in each rung's output directory and config hash, composed exactly as roadmap.run does."""
-    from hydra import compose
-
     from roadmap.run import plan_run
 
     for rung in rungs:
-        plan = plan_run(compose("train", overrides=rung.overrides(passed_on)))
+        plan = plan_run(compose_run(rung.overrides(passed_on)))
         rung.out_dir, rung.config_hash = plan.out_dir, plan.config_hash
 
 
 def status_of(rung: Rung) -> str:
-    """done | failed | running | queued (its SLURM job waits) | interrupted (stopped by a signal, or
-    has last.ckpt) | pending | conflict (other config)."""
-    try:
-        result = read_result(rung.out_dir)
-        recorded = recorded_config_hash(rung.out_dir)
-    except ValueError:
-        return "failed"
-    if recorded is not None and recorded != rung.config_hash:
-        return "conflict"
-    if lock_holder(rung.out_dir) is not None:
-        return "running"
-    if result is not None and result.get("status") != "interrupted":
-        return "done" if result.get("status") == "completed" else "failed"
-    from roadmap.slurm import queued_job
-
-    if queued_job(rung.out_dir) is not None:
-        return "queued"
-    return "interrupted" if (rung.out_dir / CHECKPOINT_FILE).is_file() else "pending"
+    """The rung's state (`results.run_state`) against its planned config hash."""
+    return run_state(rung.out_dir, rung.config_hash)
 
 
 def status_table(rungs: list[Rung]) -> str:
@@ -164,10 +150,6 @@ def status_table(rungs: list[Rung]) -> str:
         top1 = f"{result['top1']:.2f}" if result and result.get("top1") is not None else "-"
         lines.append(f"{rung.label:44s} {state:12s} {top1:>7s}  {rung.out_dir}")
     return "\n".join(lines)
-
-
-def run_command(rung: Rung, passed_on: list[str]) -> list[str]:
-    return [sys.executable, "-m", "roadmap.run", *rung.overrides(passed_on)]
 
 
 def launch_local(rungs: list[Rung], passed_on: list[str], launcher: DictConfig, trainer_devices: int) -> dict[str, int]:
@@ -190,7 +172,7 @@ def launch_local(rungs: list[Rung], passed_on: list[str], launcher: DictConfig, 
                 rung.out_dir.mkdir(parents=True, exist_ok=True)
                 stream = open(rung.out_dir / "stdout.log", "a")
                 log.info("start %s", rung.label)
-                proc = subprocess.Popen(run_command(rung, passed_on), env=env, stdout=stream, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(rung.command(passed_on), env=env, stdout=stream, stderr=subprocess.STDOUT)
                 running[proc] = (rung, slot, stream, time.monotonic())
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import roadmap
 from roadmap.callbacks import COLUMNS, append_row
-from roadmap.diagnostics import ActivationStats, TrainingDynamics, train_loss_sum, update_layers
+from roadmap.diagnostics import ActivationStats, TrainingDynamics, update_layers
+from roadmap.results import train_loss_sum
 from tests.test_run import SMOKE, result_of, run_cli
 
 LR = 0.1

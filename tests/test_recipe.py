@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import roadmap
-from roadmap.ladder import conf_dir
+from roadmap import ladder
 from roadmap.module import Classifier, NonFiniteLossError
 from roadmap.recipe import WarmupCosine, build_mixup, param_groups, scaled_lr
 
@@ -21,8 +20,7 @@ RECIPE_MD = Path(__file__).resolve().parents[1].parent / "shared" / "reference" 
 
 
 def compose_run(*overrides: str) -> DictConfig:
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return ladder.compose_run(overrides)
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +179,16 @@ def test_warns_once_when_the_step_waits_on_data(caplog: pytest.LogCaptureFixture
     warnings = [r.getMessage() for r in caplog.records if "waited on data" in r.getMessage()]
     assert len(warnings) == 1 and "epoch 0" in warnings[0] and "data.num_workers" in warnings[0]
     assert module.data_wait_seconds >= 2 * 4 * 0.25  # the second epoch's two counted waits of 4 items
+
+
+def test_the_classic_recipe_is_sgd_with_step_decay() -> None:
+    from roadmap.recipe import StepDecay, build_optimizer, build_schedule
+
+    recipe = compose_run("step=classic_recipe", "experiment=paper_imagenet").recipe
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    optimizer = build_optimizer(model, recipe, 0.1)
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+    assert optimizer.defaults["weight_decay"] == 1e-4 and len(optimizer.param_groups) == 1  # decay on every parameter
+    schedule = build_schedule(optimizer, recipe, 0.1, total_steps=900, steps_per_epoch=10)
+    assert isinstance(schedule.lr_lambdas[0], StepDecay)
+    assert [schedule.lr_lambdas[0](s) for s in (0, 299, 300, 599, 600)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])

@@ -41,7 +41,7 @@ def _synthetic_records() -> list[dict]:
     rng = np.random.default_rng(0)
     records = []
     for row in paper_ladder("r50").itertuples():
-        if row.adopted == "ref" or row.step == MISSING:
+        if row.adopted == "ref" or row.step == MISSING or row.order < 0:  # order < 0: the recipe step, not run here
             continue
         for seed in (0, 1, 2) if row.adopted == "yes" else (0,):
             records.append(_result(row.step, seed, 60 + 4 * (row.paper_top1 - 78) + rng.normal(0, 0.3)))
@@ -99,7 +99,7 @@ def experiment_dir(tmp_path: Path) -> Path:
 
 def test_ladder_table_rows_gains_and_missing_rung(summary: pd.DataFrame) -> None:
     table = report.ladder_table(summary)
-    paper = paper_ladder("r50")
+    paper = paper_ladder("r50").query("order >= 0")  # the recipe step (order < 0) is listed once it has run
     assert table["step"].tolist() == paper.sort_values("order")["step"].tolist()  # every paper row, in order
     by_step = table.set_index("step")
     assert math.isnan(by_step.at[MISSING, "top1_mean"]) and by_step.at[MISSING, "paper_top1"] == 81.47
@@ -109,7 +109,7 @@ def test_ladder_table_rows_gains_and_missing_rung(summary: pd.DataFrame) -> None
         by_step.at["stage_ratio", "top1_mean"] - by_step.at["resnet50", "top1_mean"])
     assert by_step.at["stage_ratio", "paper_gain"] == pytest.approx(79.36 - 78.82)
     adopted = table[table["adopted"] == "yes"]
-    assert adopted["rung"].tolist() == list(range(13))  # the README's numbering
+    assert adopted["number"].tolist() == list(range(13))  # the README's numbering
     assert by_step.at["resnet50", "n"] == 3  # the failed seed is not counted
 
 
@@ -124,11 +124,13 @@ def test_spearman_matches_formula(summary: pd.DataFrame) -> None:
         assert rho == pytest.approx(1 - 6 * ((ours - paper) ** 2).sum() / (k * (k * k - 1)))
     assert 0.8 < rho <= 1.0  # the synthetic ladder follows the paper up to noise
     assert math.isnan(report.spearman(table.head(2))[0])
+    losses = table.assign(train_loss_sum_mean=-table["top1_mean"])  # lower is better: ranked by minus it
+    assert report.spearman(losses, "train_loss_sum_mean", lower_is_better=True) == (rho, k)
 
 
 def test_markdown_table(summary: pd.DataFrame) -> None:
     text = report.markdown_table(summary, "r50", image_size=64)
-    for step in paper_ladder("r50").query("adopted != 'ref'")["step"]:
+    for step in paper_ladder("r50").query("adopted != 'ref' and order >= 0")["step"]:
         assert f"`{step}`" in text
     assert "GMACs @64²" in text and "`kernel_5` (not adopted)" in text and "Swin-T (reference)" in text
     assert "| 78.82 ± 0.07 |" in text and "ρ = " in text

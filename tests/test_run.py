@@ -21,12 +21,13 @@ MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagene
 SMOKE = ["experiment=smoke", f"data.root={MINI}"]
 
 
-def run_cli(args: list[str], out: Path, cwd: Path, module: str = "roadmap.run", **kwargs) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], out: Path, cwd: Path, module: str = "roadmap.run", timeout: int = 600,
+            **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", ""), "PYTHONUNBUFFERED": "1"}
     env.pop("WANDB_MODE") if not env["WANDB_MODE"] else None
     return subprocess.run(
         [sys.executable, "-m", module, *args, f"output_root={out}"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kwargs,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kwargs,
     )
 
 

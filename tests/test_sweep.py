@@ -137,18 +137,18 @@ def test_presets_expand_to_the_expected_rungs(tmp_path: Path) -> None:
     assert [r.split()[0] for r in r200.stdout.splitlines()[1:]][4] == "r200/width_128/seed0"
 
 
-def test_leave_one_out_reverts_each_delta_and_names_the_impossible_ones() -> None:
-    variants, impossible = leave_one_out("separate_downsampling", "r50")
+def test_leave_one_out_takes_each_delta_out_and_names_the_impossible_ones() -> None:
+    rungs, impossible = leave_one_out("separate_downsampling", "r50")
     assert set(impossible) == {"depthwise_conv", "inverted_bottleneck", "move_up_dwconv"}
     assert "depthwise" in impossible["depthwise_conv"] and "fewer_norms" in impossible["inverted_bottleneck"]
-    assert variants["without_gelu"] == {"model.activation": "relu"}
-    assert variants["without_stage_ratio"] == {"model.depths": [3, 4, 6, 3]}
-    assert variants["without_width_96"] == {"model.width": 64}
-    assert variants["without_layer_norm"] == {"model.norm": "batch"}
-    assert len(variants) == 9
-    for overrides in variants.values():  # every variant builds and runs
-        fields = {k.removeprefix("model."): v for k, v in overrides.items()}
-        model = roadmap.build_model("separate_downsampling", num_classes=10, width_mult=0.25, **fields)
+    chain = roadmap.ladder.step_chain("separate_downsampling")
+    assert rungs["separate_downsampling_without_gelu"] == [d for d in chain if d != "gelu"]
+    assert rungs["layer_norm"] == chain[:-1]  # taking out the last delta is the previous rung
+    assert len(rungs) == 9
+    without_gelu = roadmap.build_model(deltas=rungs["separate_downsampling_without_gelu"])
+    assert without_gelu.cfg == roadmap.compose_arch("separate_downsampling", overrides={"activation": "relu"})
+    for deltas in rungs.values():  # every rung builds and runs
+        model = roadmap.build_model(deltas=deltas, num_classes=10, width_mult=0.25)
         assert model(__import__("torch").randn(2, 3, 32, 32)).shape == (2, 10)
 
 
@@ -168,7 +168,7 @@ def test_local_parallel_runs_rungs_side_by_side(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("squeue_says", "expected"), [("PENDING", "queued"), ("RUNNING", "pending"), ("", "pending")])
 def test_status_shows_slurm_jobs_waiting_in_the_queue(tmp_path: Path, monkeypatch, squeue_says, expected) -> None:
     """A submitted job that has not started yet (no lock, no result) is `queued`, asked of squeue."""
-    from roadmap.slurm import JOB_FILE
+    from roadmap.results import JOB_FILE
     from roadmap.sweep import Rung, status_of
 
     bin_dir = tmp_path / "bin"

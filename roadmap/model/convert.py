@@ -73,7 +73,7 @@ def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: Rules) -> dict[st
     return renamed
 
 
-def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+def map_onto_model(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Rename a torchvision/timm state dict to `model`'s keys and shapes (Linear → 1x1 conv).
 
     Layer scale is folded into the last 1x1 conv when the rung has none (γ(Wx + b) = γW x + γb),

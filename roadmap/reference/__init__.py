@@ -3,7 +3,9 @@
 Source: Z. Liu, H. Mao, C.-Y. Wu, C. Feichtenhofer, T. Darrell, S. Xie, "A ConvNet for the
 2020s", CVPR 2022 (arXiv:2201.03545v2): Figure 2 and Tables 9–11 (ImageNet-1K top-1 at 224²,
 mean and std over 3 seeds in the ResNet-50 regime, single runs in the ResNet-200 regime; GFLOPs).
-Rows with adopted = "ref" are reference points (Swin-T, Swin-B) that are not built.
+Rows with adopted = "ref" are reference points (Swin-T, Swin-B) that are not built. The rows of
+../shared/reference/ladder.csv come first; after them, `classic_recipe`: ResNet-50 under the
+classic recipe, 76.1 in the paper's §2.1 (torchvision's reference recipe gives 76.13).
 """
 from __future__ import annotations
 

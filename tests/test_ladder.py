@@ -1,0 +1,177 @@
+"""One source of truth for a ladder: Hydra composes a rung's deltas over the whole run config, the
+command line wins or is refused, à la carte delta lists, and every committed run stays `done`."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose
+from omegaconf import OmegaConf
+
+import roadmap
+from roadmap import ladder
+from roadmap.collect import collect
+from roadmap import report
+from roadmap.report import write_report
+from roadmap.run import plan_run
+from roadmap.sweep import expand, plan_rungs, status_of
+from tests.test_run import SMOKE, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["recipe.epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
+
+
+def test_a_step_override_on_the_command_line_takes_effect() -> None:
+    plan = plan_run(ladder.compose_run(["step=kernel_7", "model.width=32"]))
+    assert plan.arch.width == 32 and plan.arch.kernel_size == 7 and plan.cfg.model.width == 32
+    assert "arch" not in plan.cfg  # one builder block per config.yaml
+
+
+def test_a_regime_key_that_is_not_read_is_refused_in_one_line(tmp_path: Path) -> None:
+    proc = run_cli(["step=kernel_7", "regime.arch.width=32", *SMOKE], tmp_path, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "regime.arch.width" in lines[0] and "not in struct" in lines[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_cfg_job_shows_the_composed_rung(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "roadmap.inspect", "step=gelu", "--cfg", "job"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    shown = OmegaConf.create(proc.stdout)
+    assert shown.step == "gelu" and shown.model.activation == "gelu" and shown.model.kernel_size == 7
+    assert shown.model.separate_downsampling is False  # a later step is not applied
+
+
+def test_a_delta_may_set_any_run_key() -> None:
+    """A step file is a Hydra config over the run config; the command line still wins over it."""
+    with ladder.hydra_context():
+        cfg = compose("train", ["step=gelu", "+steps=[gelu]", "recipe.epochs=3"])
+    assert cfg.model.activation == "gelu" and cfg.recipe.epochs == 3
+
+
+@pytest.mark.parametrize(("deltas", "name"), [
+    (["gelu", "layer_norm"], "gelu+layer_norm"),
+    (["stage_ratio", "patchify_stem"], "patchify_stem"),  # a whole chain is that step's rung
+    (["patchify_stem", "stage_ratio"], "patchify_stem+stage_ratio"),  # a reordering
+    (["stage_ratio", "patchify_stem", "width_96"], "width_96_without_depthwise_conv"),
+    ([], "resnet50"),
+])
+def test_a_delta_list_gets_a_readable_deterministic_name(deltas: list[str], name: str) -> None:
+    cfg = ladder.compose_run([f"deltas=[{','.join(deltas)}]"])
+    assert cfg.step == name and cfg.output_dir.endswith(f"/r50/{name}/seed0")
+
+
+def test_a_reordering_composes_in_its_order() -> None:
+    a = ladder.compose_arch(regime="r50", deltas=["width_96", "stage_ratio"])
+    assert a.width == 96 and a.depths == [3, 3, 9, 3]
+    r200 = ladder.compose_arch("stage_ratio", "r200")  # a regime's own version of a step
+    assert r200.depths == [3, 3, 27, 3] and r200.width == 84
+
+
+def test_an_invalid_combination_gives_the_builders_reason_before_writing(tmp_path: Path) -> None:
+    proc = run_cli(["deltas=[move_up_dwconv]", *SMOKE], tmp_path, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "dwconv_position='top'" in proc.stderr and "depthwise=true" in proc.stderr
+    assert not list(tmp_path.iterdir())
+    bad = run_cli(["deltas=[gelu,relu6]", *SMOKE], tmp_path, cwd=tmp_path)
+    assert bad.returncode == 2 and "'relu6'" in bad.stderr and "valid deltas" in bad.stderr
+
+
+def test_a_delta_list_runs_on_the_mini_set(tmp_path: Path) -> None:
+    proc = run_cli(["deltas=[gelu,layer_norm]", *SMOKE, *TINY], tmp_path, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_dir = tmp_path / "smoke" / "r50" / "gelu+layer_norm" / "seed0"
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "completed" and result["step"] == "gelu+layer_norm"
+    config = OmegaConf.load(run_dir / "config.yaml")
+    assert list(config.deltas) == ["gelu", "layer_norm"] and config.model.norm == "layer" and "arch" not in config
+
+
+def test_the_leave_one_out_preset_runs_on_the_mini_set(tmp_path: Path) -> None:
+    proc = run_cli(["+roadmap=leave_one_out", *SMOKE, *TINY, "trainer.diagnostics=false"], tmp_path, cwd=tmp_path,
+                   module="roadmap.sweep", timeout=3600)  # 10 rungs one after another
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    done = sorted(p.parent.parent.name for p in (tmp_path / "smoke" / "r50").glob("*/seed0/result.json"))
+    assert len(done) == 10 and "separate_downsampling_without_gelu" in done and "layer_norm" in done
+    assert "depthwise_conv cannot be removed alone" in (tmp_path / "smoke" / "sweep.log").read_text()
+
+
+COMMITTED = {  # each committed experiment and the sweep that recorded it
+    "imagenette64_proxy": ["+roadmap=seeds", "roadmap.seeds=[0,1]", "experiment=imagenette_proxy"],
+    "proxy_study": ["+roadmap=proxy_study", "experiment=imagenette_proxy", "experiment_name=proxy_study"],
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(COMMITTED))
+def test_every_committed_run_is_done_under_its_sweep(experiment: str) -> None:
+    """The recorded runs' config.yaml files (written before the deltas were composed by Hydra)
+    hash as the same runs under the current layout: `roadmap.sweep` skips them."""
+    overrides = [*COMMITTED[experiment], f"output_root={REPO / 'experiments'}"]
+    with ladder.hydra_context():
+        cfg = compose("sweep", overrides)
+    rungs, _ = expand(cfg)
+    with ladder.hydra_context():
+        plan_rungs(rungs, [o for o in overrides if not o.lstrip("+").startswith("roadmap")])
+    recorded = {p.parent for p in (REPO / "experiments" / experiment).glob("*/*/seed*/result.json")}
+    assert recorded and recorded <= {r.out_dir for r in rungs}
+    assert {r.label: status_of(r) for r in rungs if r.out_dir in recorded} == {
+        r.label: "done" for r in rungs if r.out_dir in recorded}
+
+
+def test_committed_experiments_collect_and_report(tmp_path: Path) -> None:
+    for experiment in COMMITTED:
+        shutil.copytree(REPO / "experiments" / experiment, tmp_path / experiment,
+                        ignore=shutil.ignore_patterns("report", "results.*", "summary.csv"))
+    results, summary = collect(tmp_path / "imagenette64_proxy")
+    assert len(results) == 26 and (results["status"] == "completed").all()
+    assert summary["paper_top1"].notna().sum() == 13
+    assert results["train_loss_sum"].notna().all() and summary["train_loss_sum_mean"].notna().all()
+    gelu = tmp_path / "imagenette64_proxy" / "r50" / "gelu" / "seed0"  # derived from metrics.csv where missing
+    assert results.query("step == 'gelu' and seed == 0")["train_loss_sum"].item() == pytest.approx(
+        pd.read_csv(gelu / "metrics.csv").drop_duplicates("epoch", keep="last")["train/loss"].sum(), abs=1e-4)
+    markdown = report.markdown_table(summary, "r50")
+    assert "Of our training-loss sum (lower ranks higher; 13 rungs): ρ = " in markdown
+    written = write_report(tmp_path / "proxy_study", formats=["png"], control_dir=tmp_path / "imagenette64_proxy")
+    assert (tmp_path / "proxy_study" / "report" / "ladder.md").is_file() and written
+
+
+def test_fidelity_unchanged_through_hydra_composition() -> None:
+    assert roadmap.build_model("separate_downsampling", layer_scale=1e-6).cfg.separate_downsampling
+    assert sum(p.numel() for p in roadmap.build_model("separate_downsampling", layer_scale=1e-6).parameters()) == 28_589_128
+
+
+def test_the_classic_recipe_rung_is_a_recipe_delta_off_the_baseline() -> None:
+    cfg = ladder.compose_run(["step=classic_recipe", "experiment=paper_imagenet"])
+    assert ladder.step_chain("classic_recipe") == ["classic_recipe"]
+    assert cfg.recipe.optimizer.name == "sgd" and cfg.recipe.epochs == 90 and list(cfg.recipe.schedule.milestones) == [30, 60]
+    assert cfg.recipe.augment.mixup == 0 and cfg.recipe.augment.randaugment is None
+    assert OmegaConf.to_container(cfg.model) == OmegaConf.to_container(ladder.compose_run(
+        ["step=resnet50", "experiment=paper_imagenet"]).model)  # the same model: only the recipe changes
+    assert ladder.changed_fields("classic_recipe")["recipe.optimizer.name"] == "sgd"
+
+
+def test_the_classic_recipe_rung_runs_on_the_mini_set(tmp_path: Path) -> None:
+    proc = run_cli(["+roadmap=training_techniques", *SMOKE, *TINY], tmp_path, cwd=tmp_path, module="roadmap.sweep",
+                   timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    classic = json.loads((tmp_path / "smoke" / "r50" / "classic_recipe" / "seed0" / "result.json").read_text())
+    assert classic["status"] == "completed" and classic["epochs"] == 1 and classic["lr"] == pytest.approx(0.1 * 16 / 256)
+    assert OmegaConf.load(tmp_path / "smoke" / "r50" / "classic_recipe" / "seed0" / "config.yaml").recipe.optimizer.name == "sgd"
+    results, _ = collect(tmp_path / "smoke")
+    assert set(results["step"]) == {"resnet50", "classic_recipe"}
+    assert results.set_index("step").at["classic_recipe", "paper_top1"] == 76.13
+
+
+def test_the_steps_group_by_hand_must_be_the_rungs_own() -> None:
+    argv = ladder.with_rung_overrides(["run", "deltas=[gelu,layer_norm]", "--cfg", "job"])
+    assert argv == ["run", "deltas=[gelu,layer_norm]", "+steps=[gelu,layer_norm]", "step=gelu+layer_norm", "--cfg", "job"]
+    assert ladder.with_rung_overrides(argv) == argv  # a DDP rank re-running the command line
+    with pytest.raises(ladder.LadderError, match=r"\+steps=\[gelu\]: a rung's deltas are chosen by step=<name>"):
+        ladder.compose_run(["step=gelu", "+steps=[gelu]"])
