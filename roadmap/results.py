@@ -28,17 +28,19 @@ RESULT_FIELDS = [
     "top1", "top5", "top1_ema", "top5_ema", "top1_max", "top1_ema_max", "train_loss_sum",
     "params", "gmacs", "gmacs_224", "image_size", "dataset", "num_classes",
     "epochs", "optimizer_steps", "global_batch", "per_device_batch", "accumulate", "devices",
-    "num_nodes", "sync_batchnorm", "precision", "channels_last", "augment_on", "lr", "lr_scaled",
+    "num_nodes", "sync_batchnorm", "precision", "channels_last", "augment_on", "decode_on", "lr", "lr_scaled",
     "wall_s", "train_img_per_s", "skipped_images", "resumed_from_step", "git_commit", "config_hash",
     "torch_version", "hostname", "finished_at",
 ]
 
 # Keys that do not change what a run computes: moving data or outputs, logging, rerun flags, and
 # how the global batch is executed (per-device batch x accumulation; result.json records both), or
-# its augmentation (data.augment_on: the same distribution, tests/test_gpu_augment.py; result.json records it).
+# its augmentation (data.augment_on: the same distribution, tests/test_gpu_augment.py), where JPEGs are
+# decoded (data.decode_on) and how the same images are stored (data.format); result.json records
+# augment_on and decode_on.
 UNHASHED_KEYS = ["output_root", "output_dir", "force", "logger", "data.root", "data.num_workers", "trainer.compile",
     "trainer.channels_last", "trainer.diagnostics", "trainer.per_device_batch", "data.in_memory", "data.cache_dir",
-    "data.on_bad_image", "data.augment_on",
+    "data.on_bad_image", "data.augment_on", "data.format", "data.decode_on",
 ]
 
 

@@ -364,6 +364,7 @@ def _run_fields(plan: RunPlan) -> dict[str, Any]:
         "precision": str(cfg.trainer.precision),
         "channels_last": bool(cfg.trainer.channels_last),
         "augment_on": augment_on(cfg.data),
+        "decode_on": cfg.data.get("decode_on", "cpu"),
         "lr_scaled": int(cfg.recipe.global_batch) != int(cfg.recipe.optimizer.base_batch),
         "git_commit": git_commit(),
         "config_hash": plan.config_hash,
