@@ -50,6 +50,7 @@ RERUN_DIR = "rerun"  # a forced rerun of a completed run trains here; its files 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's, as on the console
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 # Integer keys and their smallest valid value (data.image_size is checked against the rung's stride).
+AUTO_PER_DEVICE_BATCH = {"gpu": 128, "cpu": 64}  # conf/trainer/gpu.yaml's and cpu.yaml's per_device_batch
 INTEGER_KEYS = {"recipe.epochs": 1, "recipe.global_batch": 1, "trainer.per_device_batch": 1, "trainer.devices": 1,
                 "trainer.num_nodes": 1, "data.image_size": 1, "data.num_classes": 1,
                 "seed": 0, "trainer.log_every_n_steps": 1, "trainer.check_val_every_n_epoch": 1}
@@ -83,6 +84,19 @@ def _resolve_auto_trainer(trainer: DictConfig) -> None:
         trainer.devices = torch.cuda.device_count() if trainer.accelerator == "gpu" else 1
 
 
+def _resolve_auto_batch(cfg: DictConfig) -> None:
+    """trainer.per_device_batch=auto (trainer=auto's default): the largest batch that divides the
+    global batch, up to what trainer=gpu / trainer=cpu set (a small model fills a GPU only with
+    large batches; a CPU gains nothing beyond 64). A preset or the command line may set it instead."""
+    trainer = cfg.trainer
+    if trainer.per_device_batch != "auto":
+        return
+    limit = AUTO_PER_DEVICE_BATCH["gpu" if trainer.accelerator == "gpu" else "cpu"]
+    valid = valid_per_device_batches(int(cfg.recipe.global_batch), int(trainer.devices) * int(trainer.num_nodes))
+    fits = [b for b in valid if b <= limit and (b % 2 == 0 or not _mixing(cfg))]
+    trainer.per_device_batch = max(fits, default=valid[0] if valid else 1)  # plan_run names a bad global batch
+
+
 def _check_integers(cfg: DictConfig) -> None:
     for key, minimum in INTEGER_KEYS.items():
         value = OmegaConf.select(cfg, key)
@@ -105,6 +119,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     trainer = cfg.trainer
     _resolve_auto_trainer(trainer)
+    _resolve_auto_batch(cfg)
     _check_integers(cfg)
     try:
         arch = arch_config(cfg.model, f"rung {cfg.regime.name}/{cfg.step}")

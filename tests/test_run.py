@@ -75,6 +75,24 @@ def test_epochs_without_validation_have_empty_val_columns(tmp_path: Path) -> Non
     assert result_of(tmp_path / "out", "patchify_stem")["top1"] is not None
 
 
+@pytest.mark.parametrize("cuda, overrides, per_device, accumulate", [
+    (False, [], 64, 2),                                   # trainer=auto on a CPU: trainer=cpu's 64
+    (True, [], 128, 1),                                   # on a GPU: trainer=gpu's 128, no accumulation
+    (True, ["recipe.global_batch=48"], 48, 1),            # the largest that divides the global batch
+    (True, ["trainer.per_device_batch=32"], 32, 4),       # set by the user: kept
+    (False, ["trainer=gpu", "trainer.accelerator=cpu", "trainer.precision=32-true"], 128, 1),  # set by a preset
+])
+def test_per_device_batch_auto_comes_from_the_device(monkeypatch: pytest.MonkeyPatch, cuda, overrides, per_device,
+                                                     accumulate) -> None:
+    from roadmap.run import plan_run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    plan = plan_run(compose_run("experiment=imagenette_proxy", *overrides))
+    assert (plan.cfg.trainer.per_device_batch, plan.accumulate) == (per_device, accumulate)
+
+
 def test_same_command_again_skips_and_leaves_result_untouched(smoke_run, tmp_path: Path) -> None:
     out, _ = smoke_run
     path = out / "smoke" / "r50" / "patchify_stem" / "seed0" / "result.json"
