@@ -88,20 +88,19 @@ def load_curves(experiment_dir: Path) -> pd.DataFrame:
 def load_report_data(experiment_dir: str | Path, write_collect: bool = False) -> ReportData:
     """Results, summary and curves of one experiment folder; empty tables when nothing has run.
 
-    results.csv is used as is unless a result.json is newer (or it is absent): then the run
-    directories are collected again, in memory, or with `write_collect` through
-    `roadmap.collect.collect`, which rewrites results.csv and summary.csv."""
+    results.csv is used as is unless a result.json is newer, it lacks a result field (written by an
+    older version) or it is absent: then the run directories are collected again, in memory, or
+    with `write_collect` through `roadmap.collect.collect`, which rewrites results.csv and summary.csv."""
     experiment_dir = Path(experiment_dir)
     table = experiment_dir / "results.csv"
     records = [run.path / RESULT_FILE for run in list_runs(experiment_dir) if (run.path / RESULT_FILE).is_file()]
     stale = bool(records) and (
         not table.is_file() or max(p.stat().st_mtime for p in records) > table.stat().st_mtime
     )
-    if stale:
+    results = pd.read_csv(table) if table.is_file() and not stale else None
+    if records and (results is None or not set(RESULT_FIELDS) <= set(results.columns)):  # or an older schema
         results = collect(experiment_dir)[0] if write_collect else load_results(experiment_dir)
-    elif table.is_file():
-        results = pd.read_csv(table)
-    else:
+    elif results is None:
         results = pd.DataFrame(columns=[*RESULT_FIELDS, "paper_top1", "paper_top1_std", "paper_gflops", "order"])
     return ReportData(experiment_dir, results, summarize(results), load_curves(experiment_dir))
 
