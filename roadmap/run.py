@@ -28,7 +28,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from roadmap.data import DataError, augment_on
+from roadmap.data import DataError, augment_on, decode_on
 from roadmap.ladder import LadderError, arch_config, conf_dir, rung_argv
 from roadmap.model.config import ArchConfig
 from roadmap.results import (
@@ -379,7 +379,7 @@ def _run_fields(plan: RunPlan) -> dict[str, Any]:
         "precision": str(cfg.trainer.precision),
         "channels_last": bool(cfg.trainer.channels_last),
         "augment_on": augment_on(cfg.data),
-        "decode_on": cfg.data.get("decode_on", "cpu"),
+        "decode_on": decode_on(cfg.data),
         "lr_scaled": int(cfg.recipe.global_batch) != int(cfg.recipe.optimizer.base_batch),
         "git_commit": git_commit(),
         "config_hash": plan.config_hash,

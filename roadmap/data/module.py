@@ -50,9 +50,14 @@ def augment_on(data_cfg: Mapping[str, Any]) -> str:
     return "cpu" if data_cfg["name"] == "synthetic" else str(data_cfg.get("augment_on", "cpu"))
 
 
+def decode_on(data_cfg: Mapping[str, Any]) -> str:
+    """data.decode_on: where JPEGs are decoded ("cpu": loader workers; "gpu": the batch, on the device)."""
+    return str(data_cfg.get("decode_on", "cpu"))
+
+
 def _raw(data_cfg: Mapping[str, Any]) -> bool:
     """data.decode_on=gpu: the datasets serve JPEG bytes."""
-    return data_cfg.get("decode_on", "cpu") == "gpu"
+    return decode_on(data_cfg) == "gpu"
 
 
 def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
