@@ -24,16 +24,18 @@ COLUMNS = ["epoch", "step", "lr", "train/loss", "val/loss", "val/top1", "val/top
            "val/top5_ema", "img_per_s"]
 
 
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one row to a CSV file, rewriting it atomically (a full disk never leaves half a row);
-    a column the file lacks (e.g. a run resumed with diagnostics from one recorded without them) is
-    added, empty in earlier rows."""
+def write_epoch_row(path: Path, row: dict[str, Any]) -> None:
+    """Append an epoch's row to metrics.csv, rewriting it atomically (a full disk never leaves half a
+    row). Rows of this epoch or later go: an attempt stopped after its last checkpoint may have
+    recorded epochs that the resumed run trains again. A column the file lacks (e.g. a run resumed
+    with diagnostics from one recorded without them) is added, empty in earlier rows."""
     rows: list[dict[str, str]] = []
     header: list[str] = []
     if path.is_file():
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             rows, header = list(reader), list(reader.fieldnames or [])
+        rows = [r for r in rows if int(r["epoch"]) < int(row["epoch"])]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=header + [k for k in row if k not in header], restval="")
     writer.writeheader()
@@ -50,11 +52,13 @@ class EpochMetrics(L.Callback):
         self.rows: list[dict[str, Any]] = []
         self._last_refresh = time.monotonic()
         self._validated_epoch = -1  # Lightning keeps the last validation's metrics in later epochs
+        self._trained_epoch = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_refresh = time.monotonic()
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._trained_epoch = trainer.current_epoch
         if trainer.is_global_zero and time.monotonic() - self._last_refresh > 60:
             refresh_lock(self.lock_dir)  # tells `roadmap.status` on other hosts it is alive
             self._last_refresh = time.monotonic()
@@ -64,7 +68,9 @@ class EpochMetrics(L.Callback):
             self._validated_epoch = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        # No batch ran: resumed from a checkpoint taken after this epoch's batches, which an earlier
+        # attempt recorded (with its training loss) already.
+        if trainer.sanity_checking or not trainer.is_global_zero or self._trained_epoch != trainer.current_epoch:
             return
         logged = trainer.callback_metrics
         row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
@@ -77,7 +83,7 @@ class EpochMetrics(L.Callback):
         for key in [k for k in logged if k.startswith(DYNAMICS_PREFIX)]:  # roadmap.diagnostics, in its order
             row[key] = float(f"{float(logged[key]):.6g}")
         self.rows.append(row)
-        append_row(self.path, row)
+        write_epoch_row(self.path, row)
         log.info("epoch %d done (step %d): %s", row["epoch"], row["step"],
                  ", ".join(f"{k} {v:.4g}" for k, v in row.items()
                            if k not in ("epoch", "step") and not k.startswith(DYNAMICS_PREFIX) and v is not None))

@@ -287,7 +287,8 @@ def run_callbacks(plan: RunPlan, work: Path, state: Any | None = None) -> tuple[
     metrics = EpochMetrics(work, lock_dir=plan.out_dir)
     dynamics = [TrainingDynamics()] if cfg.trainer.diagnostics else []
     callbacks = [*dynamics, metrics, *([state] if state is not None else []), ModelCheckpoint(
-        dirpath=work, filename=CHECKPOINT_FILE.removesuffix(".ckpt"), save_top_k=1, enable_version_counter=False
+        dirpath=work, filename=CHECKPOINT_FILE.removesuffix(".ckpt"), save_top_k=1, enable_version_counter=False,
+        save_on_train_epoch_end=True,  # else Lightning saves only after a validation (check_val_every_n_epoch)
     )]
     if not sys.stdout.isatty():
         callbacks.append(PlainProgress(int(cfg.trainer.log_every_n_steps)))

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import roadmap
-from roadmap.callbacks import COLUMNS, append_row
+from roadmap.callbacks import COLUMNS, write_epoch_row
 from roadmap.diagnostics import ActivationStats, TrainingDynamics, update_layers
 from roadmap.results import train_loss_sum
 from tests.test_run import SMOKE, result_of, run_cli
@@ -134,16 +134,19 @@ def test_callback_logs_epoch_means_with_gradient_accumulation(tmp_path: Path) ->
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in module.model.modules())
 
 
-def test_append_row_adds_new_columns(tmp_path: Path) -> None:
+def test_write_epoch_row_adds_new_columns_and_replaces_later_epochs(tmp_path: Path) -> None:
     path = tmp_path / "metrics.csv"
     old = {c: 1.0 for c in COLUMNS} | {"epoch": 0}
-    append_row(path, old)  # a run recorded before the diagnostics
-    append_row(path, old | {"epoch": 1, "dyn/grad_norm": 2.5})  # resumed with them
-    append_row(path, old | {"epoch": 2})  # and again without
+    write_epoch_row(path, old)  # a run recorded before the diagnostics
+    write_epoch_row(path, old | {"epoch": 1, "dyn/grad_norm": 2.5})  # resumed with them
+    write_epoch_row(path, old | {"epoch": 2})  # and again without
     table = pd.read_csv(path)
     assert table.columns.tolist() == [*COLUMNS, "dyn/grad_norm"]
     assert table["epoch"].tolist() == [0, 1, 2]
     assert table["dyn/grad_norm"].isna().tolist() == [True, False, True] and table.at[1, "dyn/grad_norm"] == 2.5
+    write_epoch_row(path, old | {"epoch": 1, "train/loss": 0.5})  # epoch 1 trained again after a resume
+    table = pd.read_csv(path)
+    assert table["epoch"].tolist() == [0, 1] and table.at[1, "train/loss"] == 0.5
 
 
 def test_train_loss_sum() -> None:

@@ -66,13 +66,30 @@ def test_epochs_without_validation_have_empty_val_columns(tmp_path: Path) -> Non
     result is the final validation, run after the last epoch."""
     import pandas as pd
 
-    proc = run_cli(["step=patchify_stem", *SMOKE, "recipe.epochs=3", "trainer.check_val_every_n_epoch=2"],
-                   tmp_path / "out", cwd=tmp_path)
+    args = ["step=patchify_stem", *SMOKE, "recipe.epochs=3", "trainer.check_val_every_n_epoch=2",
+            "trainer.deterministic=true"]
+    proc = run_cli(args, tmp_path / "out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = pd.read_csv(tmp_path / "out" / "smoke" / "r50" / "patchify_stem" / "seed0" / "metrics.csv")
     assert metrics["val/top1"].notna().tolist() == [False, True, False]
     assert metrics["train/loss"].notna().all()
     assert result_of(tmp_path / "out", "patchify_stem")["top1"] is not None
+
+    # Killed after the first (unvalidated) epoch's checkpoint, with rows of later epochs recorded past
+    # it (as an attempt stopped between a row and its checkpoint leaves them): resumed, metrics.csv
+    # has each epoch once, as the uninterrupted run's.
+    out = tmp_path / "killed"
+    run_dir = _kill_at_first_checkpoint(args, out, "patchify_stem", tmp_path)
+    assert torch.load(run_dir / "last.ckpt", weights_only=True)["epoch"] == 0  # a checkpoint every epoch
+    stale = pd.read_csv(run_dir / "metrics.csv").iloc[:1]
+    pd.concat([stale, stale.assign(epoch=1, **{"train/loss": 999.0}), stale.assign(epoch=2, **{"train/loss": 999.0})]
+              ).to_csv(run_dir / "metrics.csv", index=False)
+    resumed = run_cli(args, out, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = pd.read_csv(run_dir / "metrics.csv")
+    assert again["epoch"].tolist() == [0, 1, 2]
+    assert again["train/loss"].tolist() == metrics["train/loss"].tolist()
+    assert again["val/top1"].notna().tolist() == [False, True, False]
 
 
 @pytest.mark.parametrize("cuda, overrides, per_device, accumulate", [
@@ -179,6 +196,16 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
     assert proc.poll() is None, "the run ended before it could be stopped"
 
 
+def _kill_at_first_checkpoint(args: list[str], out: Path, step: str, cwd: Path) -> Path:
+    """Start a smoke run and SIGKILL it once its first last.ckpt is written; its run directory."""
+    run_dir = out / "smoke" / "r50" / step / "seed0"
+    proc = _start(args, out, cwd)
+    _wait_for(run_dir / "last.ckpt", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return run_dir
+
+
 def test_killed_run_resumes_exactly_from_its_checkpoint(tmp_path: Path) -> None:
     """SIGKILL after an epoch's checkpoint, then the same command: the final weights equal an
     uninterrupted run's bit for bit (RNG states and data order are restored with the checkpoint)."""
@@ -188,11 +215,7 @@ def test_killed_run_resumes_exactly_from_its_checkpoint(tmp_path: Path) -> None:
     expected_steps = result_of(tmp_path / "uninterrupted", "move_up_dwconv")["optimizer_steps"]
 
     out = tmp_path / "out"
-    run_dir = out / "smoke" / "r50" / "move_up_dwconv" / "seed0"
-    proc = _start(args, out, tmp_path)
-    _wait_for(run_dir / "last.ckpt", proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    run_dir = _kill_at_first_checkpoint(args, out, "move_up_dwconv", tmp_path)
     assert not (run_dir / "result.json").exists(), "the run finished before it could be killed"
 
     resumed = run_cli(args, out, cwd=tmp_path)
