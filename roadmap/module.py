@@ -84,7 +84,7 @@ class FiniteLossCheck:
         if self.step is None or (step := int(self.step)) < 0:
             return
         raise NonFiniteLossError(f"training loss is {self.value.item()} at global step {step} (epoch {epoch}; "
-                                 f"checked every {every} batches)")
+                                 f"checked every {every} batches and at the epoch's end)")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -110,7 +110,9 @@ class Classifier(L.LightningModule):
         self.lr = scaled_lr(recipe["optimizer"], global_batch)
         self.mixup = build_mixup(recipe, num_classes)
         self.train_loss = build_train_loss(recipe, mixing=self.mixup is not None)
-        self.ema = EMA(model, float(recipe["ema_decay"]), bool(recipe.get("ema_warmup"))) if recipe.get("ema_decay") else None
+        self.ema: EMA | None = None
+        if recipe.get("ema_decay"):
+            self.ema = EMA(model, float(recipe["ema_decay"]), bool(recipe.get("ema_warmup")))
         self.finite_loss = FiniteLossCheck()
         top5 = min(5, num_classes)
         self.metrics = nn.ModuleDict(
