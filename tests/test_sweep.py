@@ -219,8 +219,10 @@ def test_local_parallel_starts_runs_per_device_runs_on_each_gpu(tmp_path: Path, 
     monkeypatch.setattr(sweep, "_gpu_count", lambda: 2)
     monkeypatch.setattr(sweep.subprocess, "Popen", Child)
     monkeypatch.setattr(sweep.time, "sleep", lambda _: None)
-    rungs = [sweep.Rung(step, 0, "r50", out_dir=tmp_path / step) for step in ("gelu", "layer_norm", "kernel_7", "width_96")]
-    launcher = OmegaConf.create({"name": "local_parallel", "max_parallel": 4, "devices_per_run": 1, "runs_per_device": 2})
+    steps = ("gelu", "layer_norm", "kernel_7", "width_96")
+    rungs = [sweep.Rung(step, 0, "r50", out_dir=tmp_path / step) for step in steps]
+    launcher = OmegaConf.create({"name": "local_parallel", "max_parallel": 4, "devices_per_run": 1,
+                                 "runs_per_device": 2})
     codes = sweep.launch_local(rungs, [], launcher, trainer_devices=1)
     assert sorted(started) == ["0", "0", "1", "1"] and ended[0] == 4 and set(codes.values()) == {0}
     with pytest.raises(sweep.SweepError, match="launcher.runs_per_device=0 must be an integer >= 1"):
