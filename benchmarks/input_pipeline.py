@@ -30,8 +30,10 @@ the images of the chunk (its time stays in).
 `--gpu-decode` adds a second table: `roadmap.data.gpu_decode.DeviceDecode` (data.decode_on=gpu: one
 batched `decode_jpeg` on `--decode-device`, then RandomResizedCrop, flip, Normalize and RandomErasing
 there) on batches of `--gpu-batch` JPEGs already in memory, against one CPU worker doing the same ops
-(PIL decode + `build_train_transform` without RandAugment, which the GPU path does not do), taking
-turns round by round; the ratio is how many CPU workers one GPU decode stands for. Without CUDA it
+(PIL decode + `build_train_transform` without RandAugment, which the decode alone does not do), taking
+turns round by round; the ratio is how many CPU workers one GPU decode stands for. The last column is
+the decode feeding the GPU augmentation (data.decode_on=gpu with data.augment_on=gpu: canvases, then
+`BatchAugment` with the whole recipe, RandAugment included). Without CUDA it
 prints "not run" (`--decode-device cpu` tries the path on the CPU).
 """
 from __future__ import annotations
@@ -139,38 +141,45 @@ class BatchPipeline:
 
 
 def gpu_decode_row(files: list[Path], size: int, src: str, aug: dict, args: argparse.Namespace) -> dict | None:
-    """DeviceDecode img/s on --decode-device against one CPU worker with the same ops; None without CUDA."""
+    """DeviceDecode img/s on --decode-device against one CPU worker with the same ops, and the decode feeding
+    the GPU augmentation with the whole recipe (data.augment_on=gpu: canvases + BatchAugment); None without CUDA."""
     from roadmap.data.gpu_decode import DeviceDecode, read_bytes
+    from roadmap.data.gpu_transforms import BatchAugment
 
     device = torch.device(args.decode_device)
     if device.type == "cuda" and not torch.cuda.is_available():
         return None
     same_ops = {**aug, "randaugment": None, "color_jitter": 0.0}
     decode, cpu = DeviceDecode(size, same_ops, device), Pipeline(build_train_transform(size, same_ops))
+    augment = BatchAugment(size, aug)
     data = [read_bytes(str(f)) for f in files]
     batch_of = lambda r: [data[(r * args.gpu_batch + i) % len(data)] for i in range(args.gpu_batch)]  # noqa: E731
 
-    def on_device(batch: list[torch.Tensor]) -> float:
+    def on_device(batch: list[torch.Tensor], then_augment: bool = False) -> float:
         start = time.perf_counter()
-        decode(batch, train=True)
+        if then_augment:
+            augment(*decode.canvases(batch))
+        else:
+            decode(batch, train=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return len(batch) / (time.perf_counter() - start)
 
     on_device(batch_of(0))  # warm-up: nvjpeg handles, kernels
+    on_device(batch_of(0), then_augment=True)
     cpu.chunk(files[: args.chunk], seed=0)
-    times: dict[str, list[float]] = {"device": [], "cpu": []}
+    times: dict[str, list[float]] = {"device": [], "augment": [], "cpu": []}
     for r in range(args.rounds):
         chunk = [files[(r * args.chunk + i) % len(files)] for i in range(args.chunk)]
-        for part in (("device", "cpu") if r % 2 == 0 else ("cpu", "device")):
-            if part == "device":
-                times["device"].append(on_device(batch_of(r)))
-            else:
+        for part in (("device", "augment", "cpu") if r % 2 == 0 else ("cpu", "augment", "device")):
+            if part == "cpu":
                 seconds, done = cpu.chunk(chunk, seed=r)
                 times["cpu"].append(done / seconds)
-    ours, ref = statistics.median(times["device"]), statistics.median(times["cpu"])
+            else:
+                times[part].append(on_device(batch_of(r), then_augment=part == "augment"))
+    ours, chained, ref = (statistics.median(times[k]) for k in ("device", "augment", "cpu"))
     return {"size": size, "source": src, "device": str(device), "batch": args.gpu_batch, "decode img/s": ours,
-            "1 CPU worker img/s": ref, "ratio (CPU workers)": ours / ref}
+            "1 CPU worker img/s": ref, "ratio (CPU workers)": ours / ref, "decode + GPU augment img/s": chained}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
               "memory) against one CPU worker with the same ops (decode, RandomResizedCrop, flip, Normalize, erasing)\n")
         if decode_rows:
             print_table(decode_rows, ["size", "source", "device", "batch", "decode img/s", "1 CPU worker img/s",
-                                      "ratio (CPU workers)"], {"decode img/s": 0, "1 CPU worker img/s": 0})
+                                      "ratio (CPU workers)", "decode + GPU augment img/s"],
+                        {"decode img/s": 0, "1 CPU worker img/s": 0, "decode + GPU augment img/s": 0})
         else:
             print(f"GPU decode: not run (no CUDA for --decode-device {args.decode_device})")
     return 0

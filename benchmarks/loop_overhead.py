@@ -53,7 +53,7 @@ import roadmap  # noqa: E402
 from roadmap.diagnostics import TrainingDynamics  # noqa: E402
 from roadmap.ladder import compose_run  # noqa: E402
 from roadmap.module import Classifier  # noqa: E402
-from roadmap.run import RunPlan, build_trainer, plan_run, run_callbacks  # noqa: E402
+from roadmap.run import CUDA_GRAPH_MODES, RunPlan, build_trainer, plan_run, run_callbacks  # noqa: E402
 
 
 class Batches:
@@ -85,7 +85,8 @@ class LightningLoop:
     def __init__(self, model: torch.nn.Module, plan: RunPlan, args: argparse.Namespace, device: torch.device,
                  batches: Batches, as_run: bool, workdir: Path, diagnostics_every: int | None = None) -> None:
         recipe = OmegaConf.to_container(plan.cfg.recipe)
-        self.module = Classifier(model, recipe, args.num_classes, args.batch, channels_last=args.channels_last)
+        self.module = Classifier(model, recipe, args.num_classes, args.batch, channels_last=args.channels_last,
+                                 cuda_graphs=cuda_graphs(args))
         self.plan, self.batches, self.device, self.as_run, self.workdir = plan, batches, device, as_run, workdir
         self.diagnostics_every = diagnostics_every  # TrainingDynamics(every_n_batches); None: without it
         self.trial = 0
@@ -125,11 +126,16 @@ def run_plan(args: argparse.Namespace, device: torch.device) -> RunPlan:
     ]))
 
 
+def cuda_graphs(args: argparse.Namespace) -> bool:
+    return bool(args.compile) and args.compile_mode in CUDA_GRAPH_MODES
+
+
 class BareLoop:
     def __init__(self, model: torch.nn.Module, recipe: dict, args: argparse.Namespace, device: torch.device,
                  batches: Batches) -> None:
         # The module builds the recipe's pieces (lr, AdamW groups, MixUp, loss, EMA); use the same ones.
-        self.parts = Classifier(model, recipe, args.num_classes, args.batch, channels_last=args.channels_last)
+        self.parts = Classifier(model, recipe, args.num_classes, args.batch, channels_last=args.channels_last,
+                                cuda_graphs=cuda_graphs(args))
         self.model, self.ema = model, self.parts.ema
         self.optimizer = roadmap.recipe.build_optimizer(model, recipe, self.parts.lr)
         steps = len(batches) * (args.trials + 1)
@@ -139,8 +145,7 @@ class BareLoop:
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        if self.args.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = self.parts._images(images)  # channels_last; a new CUDA-graph iteration under reduce-overhead
         with autocast(self.device, self.args.precision):
             if self.parts.mixup is not None:
                 images, labels = self.parts.mixup(images, labels)
@@ -203,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     def fresh_model() -> torch.nn.Module:
         m = copy.deepcopy(model).to(device)
         if args.compile:
-            m.compile()
+            m.compile(mode=args.compile_mode)
         return m
 
     loops: dict[str, Any] = {}

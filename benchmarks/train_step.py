@@ -6,6 +6,7 @@ of the endpoint rungs beside their reference implementations, as ratios measured
     python benchmarks/train_step.py --sizes 224 --rungs endpoints   # the endpoints at 224 px / batch 32
     python benchmarks/train_step.py --sizes 64,224       # everything (long on a CPU: ~16 s a step at 224 px)
     python benchmarks/train_step.py --device cuda --precision bf16 --compile   # on a GPU
+    python benchmarks/train_step.py --device cuda --precision bf16 --compile --compile-mode reduce-overhead  # + CUDA graphs
 
 Comparison groups, each measured interleaved (one step of each model in turn, every round,
 after one untimed warm-up step each), in contiguous and channels_last layouts:
@@ -43,6 +44,7 @@ from common import (
 
 import roadmap  # noqa: E402  (common puts the checkout on sys.path)
 from roadmap.recipe import param_groups  # noqa: E402
+from roadmap.run import CUDA_GRAPH_MODES  # noqa: E402
 
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 DEFAULT_BATCH = {224: 32, 64: 64}
@@ -95,17 +97,20 @@ class TrainStep:
     """One model in one memory layout: forward (+ loss) under autocast, backward, AdamW step."""
 
     def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, layout: str,
-                 device: torch.device, precision: str, compile_model: bool) -> None:
+                 device: torch.device, precision: str, compile_mode: str | None) -> None:
         model = model.to(device).train()
         self.memory_format = FORMATS[layout]
         model = model.to(memory_format=self.memory_format)
         self.optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
-        self.model = torch.compile(model) if compile_model else model
+        self.model = torch.compile(model, mode=compile_mode) if compile_mode else model
+        self.cuda_graphs = compile_mode in CUDA_GRAPH_MODES
         self.images = images.contiguous(memory_format=self.memory_format)
         self.labels = labels
         self.device, self.precision = device, precision
 
     def __call__(self) -> None:
+        if self.cuda_graphs:  # as roadmap.module.Classifier: each step a new CUDA-graph iteration
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(self.device, self.precision):
             loss = F.cross_entropy(self.model(self.images), self.labels)
         self.optimizer.zero_grad(set_to_none=True)
@@ -175,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                     model = entry.build()
                     gmacs[(entry.label, size)] = roadmap.complexity(model, size)["gmacs"]
                     fns[f"{entry.label}|{layout}"] = TrainStep(
-                        model, images, labels, layout, device, args.precision, args.compile
+                        model, images, labels, layout, device, args.precision,
+                        args.compile_mode if args.compile else None
                     )
             fns["matmul"] = matmul
             t0 = time.perf_counter()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 from torchmetrics.classification import MulticlassAccuracy
 
 from roadmap.recipe import build_mixup, build_optimizer, build_schedule, build_train_loss, scaled_lr
@@ -21,23 +21,70 @@ log = logging.getLogger("roadmap.module")
 DATA_WAIT_WARNING = 0.2
 
 
-def ema_update(decay: float, warmup: bool) -> Callable[..., None]:
-    """AveragedModel's EMA step; with `warmup` the decay ramps up as min(decay, (1+n)/(10+n)) over
-    the first updates (timm's / TF's EMA warmup), so a short run's EMA is not stuck near its init."""
-    if not warmup:
-        return get_ema_multi_avg_fn(decay)
+def ema_decay(decay: float, warmup: bool, updates: int) -> float:
+    """The EMA decay at the update after `updates` earlier ones; with `warmup` it ramps up as
+    min(decay, (1+n)/(10+n)) (timm's / TF's EMA warmup), so a short run's EMA is not stuck near its init."""
+    return min(decay, (1 + updates) / (10 + updates)) if warmup else decay
+
+
+class EMA(AveragedModel):
+    """AveragedModel's EMA of the parameters and buffers (BatchNorm statistics follow the averaged
+    weights), updated without reading a device value: AveragedModel.update_parameters tests its
+    device-side update count twice per step (a host sync on a GPU). The count is kept on the host
+    too, read from `n_averaged` (the checkpointed buffer) once after each load."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool) -> None:
+        super().__init__(model, use_buffers=True)
+        self.decay, self.warmup = decay, warmup
+        self._updates: int | None = 0
+        self.requires_grad_(False)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._updates = None
 
     @torch.no_grad()
-    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        n = int(num_averaged)
-        current = min(decay, (1 + n) / (10 + n))
-        if torch.is_floating_point(ema_params[0]) or torch.is_complex(ema_params[0]):
-            torch._foreach_lerp_(ema_params, params, 1 - current)
-        else:  # integer buffers (BatchNorm's num_batches_tracked), as torch's own EMA does
-            for ema, param in zip(ema_params, params):
-                ema.copy_(ema * current + param * (1 - current))
+    def update_parameters(self, model: nn.Module) -> None:
+        if self._updates is None:
+            self._updates = int(self.n_averaged)
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        current = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        if self._updates == 0:
+            torch._foreach_copy_(averaged, current)
+        else:
+            decay = ema_decay(self.decay, self.warmup, self._updates)
+            for (_, dtype), ([ema, now], _) in _group_tensors_by_device_and_dtype([averaged, current]).items():
+                if dtype.is_floating_point or dtype.is_complex:
+                    torch._foreach_lerp_(ema, now, 1 - decay)
+                else:  # integer buffers (BatchNorm's num_batches_tracked), as torch's own EMA does
+                    for e, n in zip(ema, now):
+                        e.copy_(e * decay + n * (1 - decay))
+        self.n_averaged += 1
+        self._updates += 1
 
-    return update
+
+class FiniteLossCheck:
+    """The first non-finite training loss and its global step, kept on the loss's device: recording
+    needs no host sync, `check` reads them back (one sync) and raises."""
+
+    def __init__(self) -> None:
+        self.step: torch.Tensor | None = None  # -1: every loss so far was finite
+        self.value: torch.Tensor | None = None
+
+    def record(self, loss: torch.Tensor, global_step: int) -> None:
+        loss = loss.detach().float()
+        if self.step is None:
+            self.step = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self.value = torch.zeros((), device=loss.device)
+        first = ~torch.isfinite(loss) & (self.step < 0)
+        self.step = torch.where(first, global_step, self.step)
+        self.value = torch.where(first, loss, self.value)
+
+    def check(self, epoch: int, every: int) -> None:
+        if self.step is None or (step := int(self.step)) < 0:
+            return
+        raise NonFiniteLossError(f"training loss is {self.value.item()} at global step {step} (epoch {epoch}; "
+                                 f"checked every {every} batches and at the epoch's end)")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -52,21 +99,21 @@ class Classifier(L.LightningModule):
         num_classes: int,
         global_batch: int,
         channels_last: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.recipe = recipe
         self.global_batch = global_batch
         self.channels_last = channels_last
+        self.cuda_graphs = cuda_graphs
         self.lr = scaled_lr(recipe["optimizer"], global_batch)
         self.mixup = build_mixup(recipe, num_classes)
         self.train_loss = build_train_loss(recipe, mixing=self.mixup is not None)
-        self.ema: AveragedModel | None = None
+        self.ema: EMA | None = None
         if recipe.get("ema_decay"):
-            # Buffers too: the EMA model's BatchNorm statistics follow the averaged weights.
-            average = ema_update(float(recipe["ema_decay"]), bool(recipe.get("ema_warmup")))
-            self.ema = AveragedModel(model, multi_avg_fn=average, use_buffers=True)
-            self.ema.requires_grad_(False)
+            self.ema = EMA(model, float(recipe["ema_decay"]), bool(recipe.get("ema_warmup")))
+        self.finite_loss = FiniteLossCheck()
         top5 = min(5, num_classes)
         self.metrics = nn.ModuleDict(
             {
@@ -87,6 +134,8 @@ class Classifier(L.LightningModule):
         return self.model(x)
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
+        if self.cuda_graphs:  # each step a new CUDA-graph iteration (train, eval and EMA forwards interleave)
+            torch.compiler.cudagraph_mark_step_begin()
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def on_train_epoch_start(self) -> None:
@@ -114,20 +163,25 @@ class Classifier(L.LightningModule):
         if self.mixup is not None:
             images, labels = self.mixup(images, labels)
         loss = self.train_loss(self.model(images), labels)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch})"
-            )
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        # Nothing here reads a device value (each read waits for the GPU): the loss is checked at log
+        # steps and each epoch's last batch, and logged without prog_bar (Lightning converts progress-bar
+        # values to numbers after every batch).
+        self.finite_loss.record(loss, self.global_step)
+        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
+        if self._trainer is None or (batch_idx + 1) % every == 0 or self.trainer.is_last_batch:
+            self.finite_loss.check(self.current_epoch, every)
+        self.log("train/loss", loss, on_step=True, on_epoch=True)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._batch_end = time.perf_counter()
         self.train_seconds += self._batch_end - self._batch_start
         self.train_images += len(batch[0])
-        world = self.trainer.world_size
-        self.log("img_per_s", world * self.train_images / max(self.train_seconds, 1e-9), prog_bar=True)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        # Host values, logged (copied to the device) only when the loggers write and at the epoch's end.
+        if self.trainer._logger_connector.should_update_logs or self.trainer.is_last_batch:
+            world = self.trainer.world_size
+            self.log("img_per_s", world * self.train_images / max(self.train_seconds, 1e-9))
+            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

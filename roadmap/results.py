@@ -39,7 +39,7 @@ RESULT_FIELDS = [
 # decoded (data.decode_on) and how the same images are stored (data.format); result.json records
 # augment_on and decode_on.
 UNHASHED_KEYS = ["output_root", "output_dir", "force", "logger", "data.root", "data.num_workers", "trainer.compile",
-    "trainer.channels_last", "trainer.diagnostics", "trainer.per_device_batch", "data.in_memory", "data.cache_dir",
+    "trainer.compile_mode", "trainer.channels_last", "trainer.diagnostics", "trainer.per_device_batch", "data.in_memory", "data.cache_dir",
     "data.on_bad_image", "data.augment_on", "data.format", "data.decode_on",
 ]
 

@@ -50,7 +50,10 @@ RERUN_DIR = "rerun"  # a forced rerun of a completed run trains here; its files 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's, as on the console
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 # Integer keys and their smallest valid value (data.image_size is checked against the rung's stride).
-AUTO_PER_DEVICE_BATCH = {"gpu": 128, "cpu": 64}  # conf/trainer/gpu.yaml's and cpu.yaml's per_device_batch
+AUTO_PER_DEVICE_BATCH = {"gpu": 128, "cpu": 64}
+# torch.compile's modes (trainer.compile_mode); those that capture CUDA graphs on a GPU.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # conf/trainer/gpu.yaml's and cpu.yaml's per_device_batch
 INTEGER_KEYS = {"recipe.epochs": 1, "recipe.global_batch": 1, "trainer.per_device_batch": 1, "trainer.devices": 1,
                 "trainer.num_nodes": 1, "data.image_size": 1, "data.num_classes": 1,
                 "seed": 0, "trainer.log_every_n_steps": 1, "trainer.check_val_every_n_epoch": 1}
@@ -108,6 +111,11 @@ def _mixing(cfg: DictConfig) -> bool:
     return float(cfg.recipe.augment.mixup) > 0 or float(cfg.recipe.augment.cutmix) > 0
 
 
+def compile_mode(cfg: DictConfig) -> str:
+    """trainer.compile_mode (torch.compile's `mode` under trainer.compile=true); runs recorded before it existed: default."""
+    return str(cfg.trainer.get("compile_mode", "default"))
+
+
 def valid_per_device_batches(global_batch: int, devices: int) -> list[int]:
     """The per-device batches that divide the global batch over `devices` (x nodes) devices."""
     return [b for b in range(1, global_batch // devices + 1) if global_batch % (b * devices) == 0]
@@ -121,6 +129,9 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     _resolve_auto_trainer(trainer)
     _resolve_auto_batch(cfg)
     _check_integers(cfg)
+    if compile_mode(cfg) not in COMPILE_MODES:
+        raise RunConfigError(f"trainer.compile_mode={compile_mode(cfg)!r} is not a torch.compile mode; valid: "
+                             f"{list(COMPILE_MODES)}")
     try:
         arch = arch_config(cfg.model, f"rung {cfg.regime.name}/{cfg.step}")
     except LadderError as error:
@@ -196,7 +207,7 @@ def build_parts(plan: RunPlan) -> Parts:
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.trainer.compile:
-        model.compile()
+        model.compile(mode=compile_mode(cfg))
     datamodule = build_datamodule(cfg, per_device_batch=int(cfg.trainer.per_device_batch))
     if _is_rank_zero():  # other DDP ranks start once rank 0 has checked (and downloaded) the data
         datamodule.prepare_data()
@@ -304,6 +315,7 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
     module = Classifier(
         parts.model, OmegaConf.to_container(cfg.recipe), plan.arch.num_classes, int(cfg.recipe.global_batch),
         channels_last=bool(cfg.trainer.channels_last),
+        cuda_graphs=bool(cfg.trainer.compile) and compile_mode(cfg) in CUDA_GRAPH_MODES,
     )
     metrics, callbacks = run_callbacks(plan, work, state)
     # run.log is always there; the run's own files are what matter, and it never overwrites them.

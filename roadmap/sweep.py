@@ -152,11 +152,21 @@ def status_table(rungs: list[Rung]) -> str:
     return "\n".join(lines)
 
 
+def visible_devices(slot: int, devices_per_run: int, runs_per_device: int) -> str:
+    """CUDA_VISIBLE_DEVICES of the run in parallel slot `slot`: `runs_per_device` consecutive slots share
+    one group of `devices_per_run` GPUs (slot // runs_per_device is the group)."""
+    first = slot // runs_per_device * devices_per_run
+    return ",".join(str(first + i) for i in range(devices_per_run))
+
+
 def launch_local(rungs: list[Rung], passed_on: list[str], launcher: DictConfig, trainer_devices: int) -> dict[str, int]:
-    """Run rungs as child processes, `max_parallel` at a time (1 for launcher=local); each child's
-    output goes to <out_dir>/stdout.log. Returns {label: exit code}."""
+    """Run rungs as child processes, `max_parallel` at a time (1 for launcher=local), `runs_per_device`
+    of them on each device group; each child's output goes to <out_dir>/stdout.log. Returns {label: exit code}."""
     parallel = int(launcher.get("max_parallel", 1))
     per_run = int(launcher.get("devices_per_run", trainer_devices) or 1)
+    sharing = launcher.get("runs_per_device", 1)
+    if isinstance(sharing, bool) or not isinstance(sharing, int) or sharing < 1:
+        raise SweepError(f"launcher.runs_per_device={sharing!r} must be an integer >= 1")
     threads = max(1, (os.cpu_count() or 1) // parallel)
     pending, running, codes = list(rungs), {}, {}
     free_slots = list(range(parallel))
@@ -168,7 +178,7 @@ def launch_local(rungs: list[Rung], passed_on: list[str], launcher: DictConfig, 
                 if parallel > 1:
                     env["OMP_NUM_THREADS"] = str(threads)
                     if os.environ.get("CUDA_VISIBLE_DEVICES") is None and _gpu_count() > 0:
-                        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(slot * per_run + i) for i in range(per_run))
+                        env["CUDA_VISIBLE_DEVICES"] = visible_devices(slot, per_run, sharing)
                 rung.out_dir.mkdir(parents=True, exist_ok=True)
                 stream = open(rung.out_dir / "stdout.log", "a")
                 log.info("start %s", rung.label)

@@ -3,6 +3,7 @@ a user runs it). Speed is not asserted here: it lives in benchmarks/ as ratios."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,17 +53,24 @@ CASES = {
 # on a CPU without bf16 units its 2048^2 bf16 matmul yardstick alone takes minutes.
 SLOW_CASES = {
     "train_step.py": [["--sizes", "32", "--rungs", "resnet50", "--steps", "1", "--batch", "2", "--compile", "--formats",
-                       "contiguous", *TINY_MODEL]],
+                       "contiguous", *TINY_MODEL],
+                      ["--sizes", "32", "--rungs", "resnet50", "--steps", "1", "--batch", "2", "--compile",
+                       "--compile-mode", "max-autotune-no-cudagraphs", "--formats", "contiguous", *TINY_MODEL]],
     "loop_overhead.py": [["--rung", "resnet50", "--size", "32", "--batch", "4", "--steps", "2", "--trials", "1",
-                          "--compile", "--no-as-run", "--width-mult", "0.25", "--num-classes", "4"]],
+                          "--compile", "--no-as-run", "--width-mult", "0.25", "--num-classes", "4"],
+                         # CUDA graphs (skipped by torch.compile for CPU tensors), the graph steps marked
+                         ["--rung", "resnet50", "--size", "32", "--batch", "4", "--steps", "2", "--trials", "1",
+                          "--compile", "--compile-mode", "reduce-overhead", *TINY_MODEL]],
 }
 GPU_CASES = {
     "train_step.py": [["--quick", "--device", "cuda", "--precision", "bf16", "--formats", "channels_last"]],
-    "loop_overhead.py": [["--device", "cuda", "--precision", "bf16", "--channels-last", "--trials", "2", "--steps", "4"]],
+    "loop_overhead.py": [["--device", "cuda", "--precision", "bf16", "--channels-last", "--trials", "2", "--steps", "4"],
+                         ["--device", "cuda", "--precision", "bf16", "--channels-last", "--trials", "2", "--steps", "4",
+                          "--compile", "--compile-mode", "reduce-overhead"]],
     "memory.py": [["--quick", "--rungs", "endpoints", "--device", "cuda", "--precision", "bf16"]],
     "input_pipeline.py": [["--sizes", "64,224", "--images", "16", "--chunk", "8", "--rounds", "2", "--gpu-path", "cuda",
-                           "--data-root", str(DATA)]],
-    "input_pipeline.py": [["--sizes", "224", "--images", "64", "--chunk", "16", "--rounds", "2", "--gpu-decode",
+                           "--data-root", str(DATA)],
+                          ["--sizes", "224", "--images", "64", "--chunk", "16", "--rounds", "2", "--gpu-decode",
                            "--gpu-batch", "64", "--data-root", str(DATA)]],
 }
 
@@ -93,3 +101,12 @@ def test_benchmark_runs(script: str, args: list[str], tmp_path: Path) -> None:
 def test_benchmark_help(script: str, tmp_path: Path) -> None:
     proc = run_benchmark(script, ["--help"], tmp_path)
     assert proc.returncode == 0 and "usage:" in proc.stdout
+
+
+def test_device_check_fits_in_eight_minutes() -> None:
+    """benchmarks/device_check.sh: its parts' caps add up to at most 410 s (with start-up, at most 450 s),
+    the total its comment states."""
+    script = (REPO / "benchmarks" / "device_check.sh").read_text()
+    caps = [int(cap) for cap in re.findall(r"^(?:gpu_|cuda_)?part \S+ (\d+) ", script, re.MULTILINE)]
+    assert len(caps) == 14 and sum(caps) <= 410
+    assert f"= {sum(caps)}." in script

@@ -35,10 +35,12 @@ def test_gpu_decode_without_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert str(err.value) == "data.decode_on=gpu needs CUDA, which is not available here; use data.decode_on=cpu."
 
 
-def test_decode_and_augment_on_gpu_refused_together(tmp_path: Path) -> None:
-    with pytest.raises(DataError) as err:
-        build_datamodule(cfg(tmp_path, **CPU_ONLY, **{"data.augment_on": "gpu"}), per_device_batch=4)
-    assert str(err.value).startswith("data.decode_on=gpu with data.augment_on=gpu: the two device paths do not chain")
+def test_decode_and_augment_on_gpu_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU decode feeds the GPU augmentation: RandAugment is no longer a reason to refuse it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config = cfg(fake_imagenet(tmp_path / "imagenet"), **{"data.decode_on": "gpu", "data.augment_on": "gpu"})
+    assert config.recipe.augment.randaugment
+    assert build_datamodule(config, per_device_batch=4).batch_augment is not None
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -81,6 +83,40 @@ def test_decode_on_the_cpu_device_matches_the_cpu_transform(tmp_path: Path) -> N
         assert (images - expected).abs().mean() < 0.02  # JPEG decoders and resize kernels differ slightly
 
 
+def test_decoded_canvases_are_the_workers_canvases(tmp_path: Path) -> None:
+    """DeviceDecode.canvases (decode_on=gpu feeding augment_on=gpu) against SourceTransform in the workers:
+    the same image sizes, pixels within the decoders' and resize kernels' differences."""
+    from roadmap.data.gpu_transforms import SourceTransform
+
+    data = [jpeg_bytes((97, 81)), jpeg_bytes((50, 120)), jpeg_bytes((20, 30)), jpeg_bytes((300, 200))]
+    canvases, sizes = DeviceDecode(32, augment(), torch.device("cpu")).canvases(data)
+    source = SourceTransform(32, augment())
+    expected, expected_sizes = zip(*(source(Image.open(io.BytesIO(bytes(d.numpy()))).convert("RGB")) for d in data))
+    assert canvases.shape == (4, 3, 36, 36) and canvases.dtype == torch.uint8 and sizes.device.type == "cpu"
+    assert torch.equal(sizes, torch.stack(expected_sizes))
+    assert (canvases.float() - torch.stack(expected).float()).abs().mean() < 3  # grey levels of 255
+
+
+def test_datamodule_decodes_then_augments_training_batches(tmp_path: Path) -> None:
+    """decode_on=gpu + augment_on=gpu with RandAugment, on CPU tensors: bytes -> canvases before the transfer,
+    the batch augmentation after it; validation batches take the decode's eval path."""
+    config = cfg(fake_imagenet(tmp_path / "imagenet"), **{"data.decode_on": "gpu", "data.augment_on": "gpu",
+                                                          "data.image_size": 32})
+    dm = RoadmapDataModule(config.data, config.recipe.augment, per_device_batch=4)
+    dm.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    dm.setup("fit")
+    assert dm.batch_augment is not None and dm.batch_augment.rand_augment is not None
+    dm.trainer.training = True
+    data, labels = next(iter(dm.train_dataloader()))
+    (canvases, sizes), same = dm.on_before_batch_transfer((data, labels), 0)
+    assert canvases.shape == (4, 3, 36, 36) and canvases.dtype == torch.uint8 and same is labels
+    images, _ = dm.on_after_batch_transfer(((canvases, sizes), labels), 0)
+    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32 and images.std() > 0.1
+    dm.trainer.validating = True
+    images, _ = dm.on_before_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
+
+
 def jpeg_bytes(size: tuple[int, int]) -> torch.Tensor:
     buffer = io.BytesIO()
     Image.linear_gradient("L").convert("RGB").resize(size).save(buffer, format="JPEG")
@@ -108,3 +144,16 @@ def test_gpu_decode_matches_cpu_decode(tmp_path: Path) -> None:
     assert on_gpu.device.type == "cuda" and (on_gpu.cpu() - on_cpu).abs().mean() < 0.02
     train = DeviceDecode(32, augment(), torch.device("cuda"))(data, train=True)
     assert train.shape == (4, 3, 32, 32) and train.device.type == "cuda"
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_decode_feeds_gpu_augmentation(tmp_path: Path) -> None:
+    from roadmap.data.gpu_transforms import BatchAugment
+
+    data, _ = next(iter(byte_datamodule(fake_imagenet(tmp_path / "imagenet")).val_dataloader()))
+    canvases, sizes = DeviceDecode(32, augment(), torch.device("cuda")).canvases(data)
+    on_cpu, _ = DeviceDecode(32, augment(), torch.device("cpu")).canvases(data)
+    assert canvases.device.type == "cuda" and (canvases.cpu().float() - on_cpu.float()).abs().mean() < 3
+    images = BatchAugment(32, augment())(canvases, sizes)
+    assert images.shape == (4, 3, 32, 32) and images.device.type == "cuda"

@@ -5,6 +5,7 @@ import logging
 import math
 import re
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,91 @@ def test_the_classic_recipe_is_sgd_with_step_decay() -> None:
     schedule = build_schedule(optimizer, recipe, 0.1, total_steps=900, steps_per_epoch=10)
     assert isinstance(schedule.lr_lambdas[0], StepDecay)
     assert [schedule.lr_lambdas[0](s) for s in (0, 299, 300, 599, 600)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+
+
+def _reference_ema(model: torch.nn.Module, decay: float, warmup: bool) -> torch.optim.swa_utils.AveragedModel:
+    """The EMA as it was before roadmap.module.EMA: torch's AveragedModel, its update reading the count."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = int(num_averaged)
+        current = min(decay, (1 + n) / (10 + n))
+        if torch.is_floating_point(ema_params[0]):
+            torch._foreach_lerp_(ema_params, params, 1 - current)
+        else:
+            for ema, param in zip(ema_params, params):
+                ema.copy_(ema * current + param * (1 - current))
+
+    return AveragedModel(model, multi_avg_fn=update if warmup else get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_equals_torchs_averaged_model_bitwise_and_across_a_reload(warmup: bool) -> None:
+    from roadmap.module import EMA
+
+    torch.manual_seed(0)
+    model = roadmap.build_model("resnet50", num_classes=10, width_mult=0.125)
+    ema, reference = EMA(model, 0.9, warmup), _reference_ema(model, 0.9, warmup)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(6):
+        model(torch.randn(4, 3, 32, 32)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        ema.update_parameters(model)
+        reference.update_parameters(model)
+        if step == 2:  # a resumed run: the update count comes back from the checkpointed buffer
+            ema = EMA(model, 0.9, warmup)
+            ema.load_state_dict(reference.state_dict())
+    ours, theirs = ema.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys() and int(ours["n_averaged"]) == 6
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_training_steps_read_no_device_value(tmp_path: Path) -> None:
+    """The per-step path (loss, logging, EMA, diagnostics, metrics callbacks) neither reads a tensor's value
+    back to the host nor copies a host value to the device: on a GPU each would wait for the queued work.
+    Counted on CPU as the ops that do so (_local_scalar_dense: item/bool/float; lift_fresh: torch.tensor of
+    host data) plus tolist/numpy/cpu; the count must not grow with the number of steps."""
+    import lightning as L
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from roadmap.callbacks import EpochMetrics, PlainProgress
+    from roadmap.diagnostics import TrainingDynamics
+
+    reads = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.lift_fresh.default}
+
+    class CountReads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            # The optimizer's step counters are host tensors on a GPU too (capturable=False): not device reads.
+            if func in reads and "torch/optim/" not in "".join(f.filename for f in traceback.extract_stack()[-6:]):
+                CountReads.count += 1
+            return func(*args, **(kwargs or {}))
+
+    def fit(batches: int, monkeypatch: pytest.MonkeyPatch) -> int:
+        torch.manual_seed(0)
+        cfg = compose_run("recipe=proxy")
+        module = Classifier(roadmap.build_model("separate_downsampling", num_classes=4, width_mult=0.125),
+                            dict(cfg.recipe), 4, 8)
+        data = torch.utils.data.TensorDataset(torch.randn(8 * batches, 3, 32, 32), torch.arange(8 * batches) % 4)
+        trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_val_batches=0, logger=False, log_every_n_steps=50,
+                            gradient_clip_val=1.0, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False,
+                            callbacks=[TrainingDynamics(), EpochMetrics(tmp_path, tmp_path), PlainProgress(50)])
+        CountReads.count = 0
+        with CountReads():
+            trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+        return CountReads.count
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for method in ("tolist", "numpy", "cpu"):
+            original = getattr(torch.Tensor, method)
+
+            def counted(self, *args, _original=original, **kwargs):  # noqa: ANN001, ANN202
+                CountReads.count += 1
+                return _original(self, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, method, counted)
+        few, many = fit(3, monkeypatch), fit(9, monkeypatch)
+    assert few == many, f"{many - few} host reads in 6 more steps"

@@ -110,6 +110,24 @@ def test_per_device_batch_auto_comes_from_the_device(monkeypatch: pytest.MonkeyP
     assert (plan.cfg.trainer.per_device_batch, plan.accumulate) == (per_device, accumulate)
 
 
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compile_mode_reaches_torch_compile_out_of_the_hash(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    from roadmap.module import Classifier
+    from roadmap.run import build_parts, plan_run
+
+    modes: list[str] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: modes.append(kwargs["mode"]))
+    plan = plan_run(compose_run("step=patchify_stem", *SMOKE, "trainer.compile=true", f"trainer.compile_mode={mode}"))
+    assert plan.config_hash == plan_run(compose_run("step=patchify_stem", *SMOKE)).config_hash
+    parts = build_parts(plan)
+    assert modes == [mode]
+    # CUDA graphs: each train/eval step starts a new graph iteration.
+    steps: list[int] = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
+    Classifier(parts.model, dict(plan.cfg.recipe), 10, 64, cuda_graphs=True)._images(torch.zeros(1, 3, 8, 8))
+    assert steps == [1]
+
+
 def test_same_command_again_skips_and_leaves_result_untouched(smoke_run, tmp_path: Path) -> None:
     out, _ = smoke_run
     path = out / "smoke" / "r50" / "patchify_stem" / "seed0" / "result.json"
@@ -347,6 +365,7 @@ def test_checkpoint_of_another_run_is_refused(smoke_run, tmp_path: Path) -> None
     ("data.num_classes=100", "data.num_classes=100 but"),
     ("data.format=tar", "data.format='tar' is not a format; use one of ('auto', 'folder', 'shards')"),
     ("data.decode_on=gpu", "data.decode_on=gpu "),  # no CUDA here; with CUDA, the smoke recipe's RandAugment
+    ("trainer.compile_mode=fast", "trainer.compile_mode='fast' is not a torch.compile mode; valid: ['default', "),
 ])
 def test_a_bad_value_is_one_line_and_writes_nothing(capsys, tmp_path: Path, override, says) -> None:
     out = tmp_path / "out"

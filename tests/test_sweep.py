@@ -180,3 +180,50 @@ def test_status_shows_slurm_jobs_waiting_in_the_queue(tmp_path: Path, monkeypatc
     rung.out_dir.mkdir()
     (rung.out_dir / JOB_FILE).write_text(json.dumps({"job_id": "4242", "submitted": 0}))
     assert status_of(rung) == expected
+
+
+@pytest.mark.parametrize(("slots", "devices_per_run", "runs_per_device", "expected"), [
+    (3, 1, 1, ["0", "1", "2"]),
+    (4, 1, 2, ["0", "0", "1", "1"]),
+    (4, 2, 2, ["0,1", "0,1", "2,3", "2,3"]),
+    (3, 1, 3, ["0", "0", "0"]),
+])
+def test_runs_per_device_share_each_device_group(slots, devices_per_run, runs_per_device, expected) -> None:
+    from roadmap.sweep import visible_devices
+
+    assert [visible_devices(k, devices_per_run, runs_per_device) for k in range(slots)] == expected
+
+
+def test_local_parallel_starts_runs_per_device_runs_on_each_gpu(tmp_path: Path, monkeypatch) -> None:
+    """launcher.max_parallel=4 runs_per_device=2 on two (simulated) GPUs: four rungs at once, two per GPU."""
+    from omegaconf import OmegaConf
+
+    from roadmap import sweep
+
+    started: list[str] = []
+    ended: list[int] = []  # how many had started when each ended
+
+    class Child:
+        def __init__(self, command: list[str], env: dict[str, str], **_: object) -> None:
+            started.append(env["CUDA_VISIBLE_DEVICES"])
+            self.returncode, self.polls = 0, 0
+
+        def poll(self) -> int | None:
+            self.polls += 1
+            if len(started) < 4 and self.polls < 100:  # running until all four started (or it never will)
+                return None
+            ended.append(len(started))
+            return 0
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(sweep, "_gpu_count", lambda: 2)
+    monkeypatch.setattr(sweep.subprocess, "Popen", Child)
+    monkeypatch.setattr(sweep.time, "sleep", lambda _: None)
+    steps = ("gelu", "layer_norm", "kernel_7", "width_96")
+    rungs = [sweep.Rung(step, 0, "r50", out_dir=tmp_path / step) for step in steps]
+    launcher = OmegaConf.create({"name": "local_parallel", "max_parallel": 4, "devices_per_run": 1,
+                                 "runs_per_device": 2})
+    codes = sweep.launch_local(rungs, [], launcher, trainer_devices=1)
+    assert sorted(started) == ["0", "0", "1", "1"] and ended[0] == 4 and set(codes.values()) == {0}
+    with pytest.raises(sweep.SweepError, match="launcher.runs_per_device=0 must be an integer >= 1"):
+        sweep.launch_local(rungs, [], OmegaConf.merge(launcher, {"runs_per_device": 0}), trainer_devices=1)

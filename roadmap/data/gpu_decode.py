@@ -4,12 +4,13 @@ The loader workers return each image's file bytes (a uint8 tensor) and the label
 them as a list, and `DeviceDecode` runs in the datamodule's `on_before_batch_transfer` (the bytes must
 be on the CPU for nvjpeg): one batched `torchvision.io.decode_jpeg(..., device="cuda")`, then per image
 the training crop (RandomResizedCrop, from `recipe.augment`) or the eval resize + center crop, then
-horizontal flip, float, Normalize and RandomErasing on the batch. RandAugment and colour jitter work on
-PIL images on the CPU: with them on, the GPU decode is an error (until GPU augmentation does them).
+horizontal flip, float, Normalize and RandomErasing on the batch. With data.augment_on=gpu the training
+batch is instead put on the GPU path's canvases (`canvases`: shrunk to fit, as `SourceTransform` does in the
+workers) and augmented by `BatchAugment` (RandAugment included) after the transfer. RandAugment and colour
+jitter otherwise work on PIL images on the CPU: with data.augment_on=cpu they make the GPU decode an error.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms import functional as F
 
 from roadmap.data.errors import DataError
+from roadmap.data.gpu_transforms import canvas_size, fit_canvas, on_canvas
 
 DECODE_ON = ("cpu", "gpu")
 
@@ -40,9 +42,9 @@ def check_decode_on(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any],
     if data_cfg.get("in_memory", "auto") is True:
         raise DataError("data.decode_on=gpu reads the JPEG bytes, data.in_memory=true the decoded pixels: choose one.")
     for key in ("randaugment", "color_jitter"):
-        if augment_cfg.get(key):
+        if augment_cfg.get(key) and data_cfg.get("augment_on", "cpu") == "cpu":
             raise DataError(f"data.decode_on=gpu: recipe.augment.{key}={augment_cfg[key]!r} runs on CPU-decoded PIL "
-                            f"images; set recipe.augment.{key}=null or use data.decode_on=cpu.")
+                            f"images; set recipe.augment.{key}=null, data.augment_on=gpu or data.decode_on=cpu.")
     return where
 
 
@@ -82,7 +84,7 @@ class DeviceDecode:
         self.scale = tuple(float(s) for s in augment_cfg["scale"])
         self.ratio = tuple(float(r) for r in augment_cfg["ratio"])
         self.hflip = float(augment_cfg["hflip"])
-        self.resize = math.floor(image_size / float(augment_cfg["crop_pct"]))
+        self.resize = canvas_size(image_size, augment_cfg)  # the eval resize, and the GPU path's canvas
         self.mean = torch.tensor([float(m) for m in augment_cfg["mean"]], device=device).view(1, 3, 1, 1)
         self.std = torch.tensor([float(s) for s in augment_cfg["std"]], device=device).view(1, 3, 1, 1)
         erasing = float(augment_cfg["random_erasing"])
@@ -99,6 +101,18 @@ class DeviceDecode:
                                   antialias=True).clamp_(0, 1)
         image = F.resize(image, self.resize, self.interpolation, antialias=True).clamp_(0, 1)
         return F.center_crop(image, [self.size, self.size])
+
+    def canvases(self, data: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Byte batch -> (uint8 canvases [B, 3, S, S] on the device, image sizes [B, 2] on the CPU) for
+        `BatchAugment` (data.augment_on=gpu): the workers' `SourceTransform`, with a tensor resize."""
+        canvases, sizes = [], []
+        for image in decode(data, self.device):
+            height, width = fit_canvas(image.shape[1], image.shape[2], self.resize)
+            if (height, width) != image.shape[1:]:
+                image = F.resize(image, [height, width], self.interpolation, antialias=True)
+            canvases.append(on_canvas(image, self.resize))
+            sizes.append((height, width))
+        return torch.stack(canvases), torch.tensor(sizes)
 
     def __call__(self, data: list[torch.Tensor], train: bool) -> torch.Tensor:
         images = torch.stack([self.crop(image, train) for image in decode(data, self.device)])

@@ -56,17 +56,29 @@ class SourceTransform:
         self.resample = str_to_pil_interp(_interpolation(augment_cfg))
 
     def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        width, height = img.size
-        if max(width, height) > self.size:
-            shrink = self.size / max(width, height)
-            width, height = max(1, round(width * shrink)), max(1, round(height * shrink))
+        height, width = fit_canvas(img.height, img.width, self.size)
+        if (width, height) != img.size:
             img = img.resize((width, height), self.resample)
-        canvas = torch.empty(3, self.size, self.size, dtype=torch.uint8)
-        canvas[:, :height, :width] = TF.pil_to_tensor(img)
-        # Edge pixels, not zeros, around the image: interpolation taps at its edge see what PIL's do.
-        canvas[:, :height, width:] = canvas[:, :height, width - 1 : width]
-        canvas[:, height:, :] = canvas[:, height - 1 : height, :]
-        return canvas, torch.tensor([height, width])
+        return on_canvas(TF.pil_to_tensor(img), self.size), torch.tensor([height, width])
+
+
+def fit_canvas(height: int, width: int, size: int) -> tuple[int, int]:
+    """An image's (h, w) on the canvas: shrunk to fit size x size (aspect kept) when larger, else as it is."""
+    if max(height, width) <= size:
+        return height, width
+    shrink = size / max(height, width)
+    return max(1, round(height * shrink)), max(1, round(width * shrink))
+
+
+def on_canvas(image: torch.Tensor, size: int) -> torch.Tensor:
+    """A uint8 [3, h, w] image (h, w <= size) top-left on a size x size canvas, its edge pixels repeated
+    around it (not zeros: interpolation taps at its edge see what PIL's do)."""
+    _, height, width = image.shape
+    canvas = image.new_empty(3, size, size)
+    canvas[:, :height, :width] = image
+    canvas[:, :height, width:] = canvas[:, :height, width - 1 : width]
+    canvas[:, height:, :] = canvas[:, height - 1 : height, :]
+    return canvas
 
 
 # --- sampling (float64 on the CPU, per sample) --------------------------------------------------------

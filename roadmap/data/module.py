@@ -186,13 +186,16 @@ class RoadmapDataModule(L.LightningDataModule):
             self.batch_augment.rng_state = state_dict["batch_augment_rng"]
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """data.decode_on=gpu: decode and crop the byte batch on the device (nvjpeg reads bytes on the CPU)."""
+        """data.decode_on=gpu: decode and crop the byte batch on the device (nvjpeg reads bytes on the CPU);
+        with data.augment_on=gpu a training batch goes on canvases instead, augmented after the transfer."""
         if not _raw(self.data_cfg):
             return batch
         if self.device_decode is None:
             device = self.trainer.strategy.root_device
             self.device_decode = DeviceDecode(int(self.data_cfg["image_size"]), self.augment_cfg, device)
         data, labels = batch
+        if self.batch_augment is not None and self.trainer.training:
+            return self.device_decode.canvases(data), labels
         return self.device_decode(data, train=self.trainer.training), labels
 
     def train_dataloader(self) -> DataLoader:
@@ -220,9 +223,6 @@ def build_datamodule(cfg: Mapping[str, Any], per_device_batch: int) -> RoadmapDa
         raise DataError(f"data.augment_on={data_cfg['augment_on']!r} must be one of {AUGMENT_ON}.")
     if data_cfg.get("on_bad_image", "skip") not in BAD_IMAGE_POLICIES:
         raise DataError(f"data.on_bad_image={data_cfg['on_bad_image']!r} must be one of {BAD_IMAGE_POLICIES}.")
-    if _raw(data_cfg) and augment_on(data_cfg) == "gpu":
-        raise DataError("data.decode_on=gpu with data.augment_on=gpu: the two device paths do not chain yet; "
-                        "use data.augment_on=cpu with data.decode_on=gpu, or data.decode_on=cpu.")
     check_decode_on(data_cfg, cfg["recipe"]["augment"], torch.cuda.is_available())
     shards.check_format(data_cfg)
     if per_device_batch <= 0:
