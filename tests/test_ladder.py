@@ -138,7 +138,7 @@ def test_committed_experiments_collect_and_report(tmp_path: Path) -> None:
     gelu = tmp_path / "imagenette64_proxy" / "r50" / "gelu" / "seed0"  # derived from metrics.csv where missing
     assert results.query("step == 'gelu' and seed == 0")["train_loss_sum"].item() == pytest.approx(
         pd.read_csv(gelu / "metrics.csv").drop_duplicates("epoch", keep="last")["train/loss"].sum(), abs=1e-4)
-    markdown = report.markdown_table(summary, "r50")
+    markdown = report.markdown_table(report.ladder_table(summary, "r50"))
     assert "Of our training-loss sum (lower ranks higher; 13 rungs): ρ = " in markdown
     written = write_report(tmp_path / "proxy_study", formats=["png"], control_dir=tmp_path / "imagenette64_proxy")
     assert (tmp_path / "proxy_study" / "report" / "ladder.md").is_file() and written
