@@ -1,7 +1,7 @@
 """`python -m roadmap.collect experiment=<preset> output_root=…`: one results table per experiment.
 
 Writes <output_root>/<experiment>/results.csv and results.parquet (one row per run: every
-result.json field, plus the paper's top-1 and GFLOPs for the rung) and summary.csv (per rung:
+result.json field, plus the paper's top-1 and GFLOPs for the rung: `paper_table`) and summary.csv (per rung:
 mean, std and n over seeds of top-1 raw and EMA).
 """
 from __future__ import annotations
@@ -11,20 +11,41 @@ from pathlib import Path
 
 import hydra
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from roadmap.ladder import conf_dir, list_steps, list_regimes
+from roadmap.ladder import LadderError, conf_dir, list_steps, load_regime
 from roadmap.reference import paper_ladder
 from roadmap.results import RESULT_FIELDS, RESULT_FILE, list_runs, read_history, read_result, train_loss_sum
 
 PAPER_COLUMNS = ["paper_top1", "paper_top1_std", "paper_gflops"]
+PAPER_ROWS = ["regime", "order", "step", "title", "adopted", *PAPER_COLUMNS]
 
 
-def _ladder_order(regime: str, step: str) -> int:
+def ladder_order(regime: str, step: str) -> int:
+    """The rung's position in its regime's ladder (the baseline 0); 10 000 off the ladder."""
     try:
         return list_steps(regime, adopted_only=False).index(step)
-    except ValueError:
+    except (ValueError, LadderError):
         return 10_000
+
+
+def paper_table(regime: str) -> pd.DataFrame:
+    """The paper's rows of a regime (PAPER_ROWS), the one source of the paper columns: the package's
+    reference for the ConvNeXt paper's regimes (r50, r200), else the regime YAML's `regime.paper`
+    block ({step: {title, top1, top1_std, gflops}}), one row per rung, blank where it gives none."""
+    reference = paper_ladder(regime)
+    if not reference.empty:
+        return reference[PAPER_ROWS]
+    try:
+        spec = load_regime(regime)
+    except LadderError:  # results of a regime that is no longer configured
+        return pd.DataFrame(columns=PAPER_ROWS)
+    given = OmegaConf.to_container(spec.paper) if spec.get("paper") else {}
+    rows = [{"regime": regime, "order": i, "step": step, "title": given.get(step, {}).get("title", step),
+             "adopted": "no" if step in spec.branches else "yes",
+             **{f"paper_{k}": given.get(step, {}).get(k) for k in ("top1", "top1_std", "gflops")}}
+            for i, step in enumerate(list_steps(spec, adopted_only=False))]
+    return pd.DataFrame(rows, columns=PAPER_ROWS).astype({c: float for c in PAPER_COLUMNS})
 
 
 def load_results(experiment_dir: Path) -> pd.DataFrame:
@@ -40,10 +61,11 @@ def load_results(experiment_dir: Path) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=columns)
     if "variant" not in table:
         table["variant"] = None
-    paper = paper_ladder()[["regime", "step", *PAPER_COLUMNS]]
+    paper = pd.concat([paper_table(r)[["regime", "step", *PAPER_COLUMNS]] for r in table["regime"].dropna().unique()]
+                      or [pd.DataFrame(columns=["regime", "step", *PAPER_COLUMNS])])
     table = table.merge(paper, on=["regime", "step"], how="left")
     table.loc[table["variant"].notna(), PAPER_COLUMNS] = None  # a variant is not the paper's rung
-    table["order"] = [_ladder_order(r, s) for r, s in zip(table["regime"], table["step"])]
+    table["order"] = [ladder_order(r, s) for r, s in zip(table["regime"], table["step"])]
     return table.sort_values(["regime", "order", "variant", "seed"], na_position="first").reset_index(drop=True)
 
 

@@ -33,9 +33,19 @@ def rms(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x.detach(), dtype=torch.float32) / math.sqrt(x.numel())
 
 
+def is_roadmap_net(model: nn.Module) -> bool:
+    """Whether the model has roadmap's builder layout (stem.conv, stages of blocks, head.fc)."""
+    return isinstance(getattr(model, "stages", None), nn.Sequential) and hasattr(getattr(model, "head", None), "fc")
+
+
 def update_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The layers whose update/weight ratio is recorded: the stem conv, the first block's last conv
-    in stage 1, the last block's last conv in stage 4, the classifier; keyed by module path."""
+    """The layers whose update/weight ratio is recorded, keyed by module path: the stem conv, the
+    first block's last conv in stage 1, the last block's last conv in stage 4, the classifier; on a
+    model of another factory, its first conv and its last Linear."""
+    if not is_roadmap_net(model):
+        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][:1]
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
+        return {name: model.get_submodule(name) for name in convs + linears}
     last = len(model.stages[-1].blocks) - 1
     names = ["stem.conv", "stages.0.blocks.0.conv3", f"stages.{len(model.stages) - 1}.blocks.{last}.conv3", "head.fc"]
     return {name: model.get_submodule(name) for name in names}
@@ -127,7 +137,10 @@ class TrainingDynamics(L.Callback):
             return
         model = pl_module.model
         self.layers = update_layers(model)
-        if getattr(model, "_compiled_call_impl", None) is not None:
+        if not is_roadmap_net(model):
+            log.info("trainer.diagnostics: the activation statistics (dyn/stage*) need roadmap's builder (stages "
+                     "of blocks); off for this model; gradient and update ones stay")
+        elif getattr(model, "_compiled_call_impl", None) is not None:
             # Hooks inside a compiled forward would be traced (and switching them recompiles).
             log.info("trainer.compile: activation diagnostics (dyn/stage*) are off; gradient and update ones stay")
         else:

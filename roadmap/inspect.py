@@ -11,10 +11,11 @@ from hydra.core.hydra_config import HydraConfig
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from roadmap.ladder import LadderError, changed_fields, compose_arch, conf_dir, list_steps, rung_argv
+from roadmap import build_model
+from roadmap.collect import paper_table
+from roadmap.ladder import LadderError, changed_fields, conf_dir, list_steps, rung_argv
 from roadmap.model.complexity import complexity
-from roadmap.model.net import RoadmapNet
-from roadmap.reference import paper_ladder
+from roadmap.model.factory import FactoryError
 
 
 def _describe(change: dict) -> str:
@@ -25,11 +26,11 @@ def complexity_table(regime: str, overrides: dict | None = None, image_size: int
     """Per rung: step, adopted, params_m, gmacs, paper_gflops, paper_top1, change."""
     import torch
 
-    paper = paper_ladder(regime).set_index("step")
+    paper = paper_table(regime).set_index("step")
     rows = []
     for step in list_steps(regime, adopted_only=not all_steps):
         with torch.device("meta"):  # counts need shapes only
-            counts = complexity(RoadmapNet(compose_arch(step, regime, overrides)), image_size)
+            counts = complexity(build_model(step, regime, **(overrides or {})), image_size)
         ref = paper.loc[step] if step in paper.index else None
         rows.append(
             {
@@ -62,7 +63,7 @@ def main(cfg: DictConfig) -> None:
             plan = plan_run(cfg)
             print(OmegaConf.to_yaml(plan.cfg), end="")
             print(f"# output_dir: {plan.out_dir}\n# accumulate: {plan.accumulate}\n# config_hash: {plan.config_hash}")
-    except (LadderError, RunConfigError) as error:
+    except (LadderError, RunConfigError, FactoryError) as error:
         print(f"roadmap.inspect: error: {error}", file=sys.stderr)
         sys.exit(2)
 

@@ -25,6 +25,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from roadmap.model import factory
 from roadmap.model.config import ArchConfig, ArchConfigError
 
 
@@ -211,20 +212,37 @@ def rung_argv(prog: str, config_name: str) -> list[str]:
         sys.exit(2)
 
 
-def compose_arch(step: str | None = None, regime: str = "r50", overrides: Mapping[str, Any] | None = None,
-                 deltas: Sequence[str] | None = None) -> ArchConfig:
-    """The rung's ArchConfig: baseline ⊕ deltas (the chain to `step`, or `deltas`) ⊕ `overrides`
-    (builder fields; None values skipped), composed from the same files as a run."""
+def compose_model(step: str | None = None, regime: str = "r50", overrides: Mapping[str, Any] | None = None,
+                  deltas: Sequence[str] | None = None) -> dict[str, Any]:
+    """The rung's `model` block, resolved: baseline ⊕ deltas (the chain to `step`, or `deltas`) ⊕
+    `overrides` (None values skipped), composed from the same files as a run (`ladder.yaml` gives
+    what a run's recipe and data would: 1000 classes, no layer scale or drop path)."""
     spec = load_regime(regime)
     chain = check_deltas(deltas, spec) if deltas is not None else step_chain(step or spec.baseline, spec)
-    fields = OmegaConf.to_container(_ladder(regime, tuple(chain)).model)
-    name = step if deltas is None else rung_name(chain, spec)
-    return arch_config({**fields, **{k: v for k, v in dict(overrides or {}).items() if v is not None}},
-                       f"rung {regime}/{name}")
+    fields = OmegaConf.to_container(_ladder(regime, tuple(chain)).model, resolve=True)
+    return {**fields, **{k: v for k, v in dict(overrides or {}).items() if v is not None}}
 
 
-def arch_config(fields: Mapping[str, Any], rung: str) -> ArchConfig:
+def compose_arch(step: str | None = None, regime: str = "r50", overrides: Mapping[str, Any] | None = None,
+                 deltas: Sequence[str] | None = None) -> ArchConfig:
+    """The rung's ArchConfig (`compose_model`'s block); a regime on another factory is refused."""
+    name = step if deltas is None else rung_name(check_deltas(deltas, load_regime(regime)), load_regime(regime))
+    return arch_config(compose_model(step, regime, overrides, deltas), f"rung {regime}/{name}")
+
+
+def check_rung(step: str | None = None, regime: str = "r50", deltas: Sequence[str] | None = None) -> None:
+    """The builder's reason a rung cannot be built (LadderError); another factory's rungs are
+    checked when they are built."""
+    if factory.is_builder(compose_model(step, regime, deltas=deltas)):
+        compose_arch(step, regime, deltas=deltas)
+
+
+def arch_config(model: Mapping[str, Any], rung: str) -> ArchConfig:
     """ArchConfig from a composed `model` block, with one line naming what is wrong."""
+    if not factory.is_builder(model):
+        raise LadderError(f"{rung}: its model is built by {factory.target(model)}, not by roadmap's builder "
+                          f"({factory.BUILDER}): it has no ArchConfig")
+    fields = factory.arguments(model)
     unknown = sorted(set(fields) - set(ArchConfig.field_names()))
     if unknown:
         raise LadderError(f"{rung}: unknown builder field(s) {unknown}; valid fields: {ArchConfig.field_names()}")
@@ -238,8 +256,9 @@ def changed_fields(step: str, regime: str = "r50") -> dict[str, Any]:
     """What `step` itself sets (its delta, as dotted keys), for tables; the baseline's arch for the baseline."""
     spec = load_regime(regime)
     base = _ladder(regime, ())
-    if step == spec.baseline:
-        return dict(OmegaConf.to_container(base.model))
+    if step == spec.baseline:  # what the regime sets itself: not its factory, nor what the recipe and data give
+        return {k: v for k, v in factory.arguments(OmegaConf.to_container(base.model)).items()
+                if not OmegaConf.is_interpolation(base.model, k)}
     step_chain(step, spec)  # validates the name
     before, after = _flat(base), _flat(_ladder(regime, (step,)))
     return {k.removeprefix("model."): v for k, v in after.items() if before.get(k, ...) != v}

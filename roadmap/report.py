@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from roadmap.collect import collect, load_results, summarize
+from roadmap.collect import PAPER_COLUMNS, collect, ladder_order, load_results, paper_table, summarize
 from roadmap.ladder import LadderError, conf_dir, list_steps, load_regime, step_chain
-from roadmap.reference import paper_ladder
 from roadmap.results import RESULT_FIELDS, RESULT_FILE, list_runs, read_history
 from roadmap.statistics import beyond_noise, gain_agreement, ordered_pairs, seed_spread, spearman
 
@@ -47,6 +46,13 @@ class ReportData:
     summary: pd.DataFrame  # one row per rung and variant (collect.summarize)
     curves: pd.DataFrame  # one row per run and epoch (metrics.csv), CURVE_COLUMNS and any dyn/ columns
     control: ReportData | None = None  # a factor study's control experiment (its plain rungs)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # `ladder`'s, built once per regime
+
+    def ladder(self, regime: str = DEFAULT_REGIME) -> pd.DataFrame:
+        """The regime's ladder table (`ladder_table`), built on first use."""
+        if regime not in self.tables:
+            self.tables[regime] = ladder_table(self.summary, regime)
+        return self.tables[regime]
 
     @property
     def name(self) -> str:
@@ -77,7 +83,7 @@ def load_curves(experiment_dir: Path) -> pd.DataFrame:
             continue
         frame = frame.rename(columns={"step": "optimizer_step"}).assign(
             regime=run.regime, rung=run.rung, step=run.step, variant=run.variant or "", seed=run.seed,
-            order=_order(run.regime, run.step),
+            order=ladder_order(run.regime, run.step),
         )
         frames.append(frame.reindex(columns=CURVE_COLUMNS + [c for c in frame if c.startswith(DYN)]))
     if not frames:
@@ -101,15 +107,8 @@ def load_report_data(experiment_dir: str | Path, write_collect: bool = False) ->
     if records and (results is None or not set(RESULT_FIELDS) <= set(results.columns)):  # or an older schema
         results = collect(experiment_dir)[0] if write_collect else load_results(experiment_dir)
     elif results is None:
-        results = pd.DataFrame(columns=[*RESULT_FIELDS, "paper_top1", "paper_top1_std", "paper_gflops", "order"])
+        results = pd.DataFrame(columns=[*RESULT_FIELDS, *PAPER_COLUMNS, "order"])
     return ReportData(experiment_dir, results, summarize(results), load_curves(experiment_dir))
-
-
-def _order(regime: str, step: str) -> int:
-    try:
-        return list_steps(regime, adopted_only=False).index(step)
-    except (ValueError, LadderError):
-        return 10_000
 
 
 def parent_step(regime: str, step: str) -> str | None:
@@ -126,17 +125,19 @@ def parent_step(regime: str, step: str) -> str | None:
 
 def ladder_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME) -> pd.DataFrame:
     """One row per paper rung (and per extra step we ran), in ladder order, our numbers beside the
-    paper's (NaN where a rung has not run), `number` (the README's; -1 off the adopted path),
-    `parent`, and `gain` / `paper_gain` over the parent rung.
-    Reference rows (Swin, adopted = "ref") come last."""
-    paper = paper_ladder(regime)[["order", "step", "title", "adopted", "paper_top1", "paper_top1_std", "paper_gflops"]]
+    paper's, `number` (the README's; -1 off the adopted path), `parent`, and `gain` / `paper_gain`
+    over the parent rung. A rung that ran has the paper columns of collect's table (`summary`); one
+    that has not, ours NaN and the paper's from `collect.paper_table`. Reference rows (Swin,
+    adopted = "ref") come last."""
+    paper = paper_table(regime).drop(columns="regime")
     ours = summary[(summary["regime"] == regime) & (summary["variant"].fillna("") == "")]
-    ours = ours.drop(columns=["regime", "variant", "order", "paper_top1", "paper_top1_std", "paper_gflops"])
-    paper = paper[(paper["order"] >= 0) | paper["step"].isin(ours["step"])]  # before the baseline (the recipe step): once run
-    table = paper.merge(ours, on="step", how="outer")
+    ours = ours.drop(columns=["regime", "variant", "order"]).merge(paper.drop(columns=PAPER_COLUMNS), on="step", how="left")
+    not_run = paper[(paper["order"] >= 0) & ~paper["step"].isin(ours["step"])]  # the recipe step (< 0): once run
+    frames = [df for df in (ours, not_run.reindex(columns=ours.columns)) if not df.empty]
+    table = pd.concat(frames, ignore_index=True) if frames else ours
     # A step we ran that the paper's table lacks gets its ladder position and adoption here.
     adopted_steps = list_steps(regime) if _known_regime(regime) else []
-    table["order"] = [o if pd.notna(o) else _order(regime, s) for o, s in zip(table["order"], table["step"])]
+    table["order"] = [o if pd.notna(o) else ladder_order(regime, s) for o, s in zip(table["order"], table["step"])]
     table["adopted"] = [
         a if isinstance(a, str) else ("yes" if s in adopted_steps or not adopted_steps else "no")
         for a, s in zip(table["adopted"], table["step"])
@@ -194,10 +195,9 @@ def _mean_std(mean: float, std: float, n: float | None = None) -> str:
     return text if n is None or pd.isna(n) else f"{text} ({int(n)})"
 
 
-def markdown_table(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, image_size: int | None = None) -> str:
-    """The ladder as a markdown table (ours beside the paper's, gains over the parent rung), then
-    the Spearman rank correlation and the gain-sign agreement."""
-    table = ladder_table(summary, regime)
+def markdown_table(table: pd.DataFrame, image_size: int | None = None) -> str:
+    """A ladder table (`ladder_table`) in markdown (ours beside the paper's, gains over the parent
+    rung), then the Spearman rank correlation and the gain-sign agreement."""
     res = f"{image_size}²" if image_size else "run res."
     lines = [
         f"| # | step | ours top-1 (n) | ours EMA top-1 | params (M) | GMACs @{res} | train img/s "
@@ -275,7 +275,7 @@ def study_table(summary: pd.DataFrame, control: pd.DataFrame, regime: str = DEFA
         return ""
     base = control[(control["regime"] == regime) & (control["variant"].fillna("") == "")].set_index("step")
     steps = [s for s in list_steps(regime, adopted_only=False) if s in set(ours["step"])]
-    paper = paper_ladder(regime).set_index("step")["paper_top1"]
+    paper = paper_table(regime).set_index("step")["paper_top1"]
     lines = ["| factor | " + " | ".join(f"`{s}`" for s in steps) + " |", "|---|" + "---|" * len(steps),
              "| paper | " + " | ".join(_num(paper.get(s, np.nan)) for s in steps) + " |",
              "| control | " + " | ".join(
@@ -314,7 +314,7 @@ def markdown_report(data: ReportData, figure_format: str | None = "png") -> str:
         parts += ["", f"## {regime}", "", status_note(data, regime), ""]
         if figure_format:
             parts += [f"![{name}]({name}{suffix}.{figure_format})" for name in FIGURES] + [""]
-        parts.append(markdown_table(data.summary, regime, data.image_size))
+        parts.append(markdown_table(data.ladder(regime), data.image_size))
         variants = variants_table(data.summary, regime)
         if variants:
             parts += ["", "### Variants", "", variants]
@@ -349,11 +349,11 @@ def _axis_range(values: pd.Series, errors: pd.Series, pad: float, room: float) -
     return math.floor(low - pad), high + room * max(high - low, 1.0) + pad
 
 
-def ladder_figure(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, title: str = "", column: str = "top1") -> Figure:
+def ladder_figure(full: pd.DataFrame, title: str = "", column: str = "top1") -> Figure:
     """The paper's Figure 2 with our results: one horizontal bar per rung (baseline at top), ours
     (mean ± std, GMACs at the run's resolution) on the left, the paper's (± std, GFLOPs) on the
-    right with the Swin reference line; not-adopted branches hatched grey; missing runs marked."""
-    full = ladder_table(summary, regime)
+    right with the Swin reference line; not-adopted branches hatched grey; missing runs marked.
+    `full`: a ladder table (`ladder_table`)."""
     refs = full[full["adopted"] == "ref"]
     table = full[full["adopted"] != "ref"].reset_index(drop=True)
     y = np.arange(len(table))
@@ -398,15 +398,14 @@ def ladder_figure(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, title: st
     ax_ours.set_ylim(len(table) - 0.5, -1.0)  # baseline at top, room for the reference label
     for ax in (ax_ours, ax_paper):
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(title or f"{regime}: ours vs the paper (Fig. 2)")
+    fig.suptitle(title or "ours vs the paper (Fig. 2)")
     return fig
 
 
-def scatter_figure(summary: pd.DataFrame, x: str, xlabel: str, regime: str = DEFAULT_REGIME,
-                   title: str = "", column: str = "top1") -> Figure:
-    """Our top-1 (mean ± std) against a per-rung column `x`, one labelled point per rung; the
-    adopted rungs joined in ladder order, branches as hollow grey points."""
-    table = ladder_table(summary, regime).dropna(subset=[f"{column}_mean", x])
+def scatter_figure(table: pd.DataFrame, x: str, xlabel: str, title: str = "", column: str = "top1") -> Figure:
+    """Our top-1 (mean ± std) against a per-rung column `x` of a ladder table (`ladder_table`), one
+    labelled point per rung; the adopted rungs joined in ladder order, branches as hollow grey points."""
+    table = table.dropna(subset=[f"{column}_mean", x])
     fig = Figure(figsize=(8, 5.5), layout="constrained")
     ax = fig.subplots()
     path = table[table["adopted"] == "yes"]
@@ -425,18 +424,17 @@ def scatter_figure(summary: pd.DataFrame, x: str, xlabel: str, regime: str = DEF
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"ours: {'EMA ' if column == 'top1_ema' else ''}top-1 (%)")
     ax.grid(alpha=0.3)
-    ax.set_title(title or regime)
+    ax.set_title(title)
     return fig
 
 
-def top1_vs_gmacs_figure(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, image_size: int | None = None,
-                         title: str = "") -> Figure:
+def top1_vs_gmacs_figure(table: pd.DataFrame, image_size: int | None = None, title: str = "") -> Figure:
     res = f"{image_size}²" if image_size else "the run's resolution"
-    return scatter_figure(summary, "gmacs", f"GMACs at {res}", regime, title)
+    return scatter_figure(table, "gmacs", f"GMACs at {res}", title)
 
 
-def top1_vs_throughput_figure(summary: pd.DataFrame, regime: str = DEFAULT_REGIME, title: str = "") -> Figure:
-    return scatter_figure(summary, "train_img_per_s", "measured training throughput (img/s)", regime, title)
+def top1_vs_throughput_figure(table: pd.DataFrame, title: str = "") -> Figure:
+    return scatter_figure(table, "train_img_per_s", "measured training throughput (img/s)", title)
 
 
 def _rungs(runs: pd.DataFrame, regime: str) -> Iterator[tuple[Any, str, bool, pd.DataFrame]]:
@@ -532,9 +530,10 @@ def report_figures(data: ReportData) -> dict[str, Figure]:
     figures = {}
     for regime in data.regimes:
         suffix, name = _suffix(regime), f"{data.name} ({regime})"
-        figures[f"ladder{suffix}"] = ladder_figure(data.summary, regime, title=f"{name}: ours vs the paper's Figure 2")
-        figures[f"top1_vs_gmacs{suffix}"] = top1_vs_gmacs_figure(data.summary, regime, data.image_size, title=name)
-        figures[f"top1_vs_throughput{suffix}"] = top1_vs_throughput_figure(data.summary, regime, title=name)
+        table = data.ladder(regime)
+        figures[f"ladder{suffix}"] = ladder_figure(table, title=f"{name}: ours vs the paper's Figure 2")
+        figures[f"top1_vs_gmacs{suffix}"] = top1_vs_gmacs_figure(table, data.image_size, title=name)
+        figures[f"top1_vs_throughput{suffix}"] = top1_vs_throughput_figure(table, title=name)
         figures[f"curves{suffix}"] = curves_figure(data.curves, regime, title=f"{name}: training curves, mean over seeds")
         figures[f"dynamics{suffix}"] = dynamics_figure(data.curves, regime, title=f"{name}: training dynamics, mean over seeds")
     return figures

@@ -16,6 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from roadmap.model.factory import BUILDER
+
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "last.ckpt"
@@ -45,8 +47,9 @@ UNHASHED_KEYS = ["output_root", "output_dir", "force", "logger", "data.root", "d
 
 
 # Keys added after runs were recorded, with the value every earlier run had: a key holding that
-# value hashes as absent, so the recorded runs keep their hashes.
-LEGACY_VALUES = {"model.init": "trunc_normal", "recipe.init": "trunc_normal", "model.head_init_scale": 1.0}
+# value hashes as absent, so the recorded runs keep their hashes (model._target_: the builder).
+LEGACY_VALUES = {"model.init": "trunc_normal", "recipe.init": "trunc_normal", "model.head_init_scale": 1.0,
+                 "model._target_": BUILDER}
 
 
 def _pop_dotted(container: dict[str, Any], dotted: str, only_if: Any = ...) -> None:

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from roadmap.data import DataError, augment_on, decode_on
 from roadmap.ladder import LadderError, arch_config, conf_dir, rung_argv
+from roadmap.model import factory
 from roadmap.model.config import ArchConfig
 from roadmap.results import (
     CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE, acquire_lock, config_hash, git_commit, read_result,
@@ -69,12 +70,16 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class RunPlan:
-    cfg: DictConfig  # resolved; `model` holds the rung's full ArchConfig, trainer "auto"s are filled in
-    arch: ArchConfig
+    cfg: DictConfig  # resolved; `model` holds the rung's full ArchConfig (builder), trainer "auto"s are filled in
+    arch: ArchConfig | None  # None: the regime's model comes from another factory (`model._target_`)
     out_dir: Path
     devices: int
     accumulate: int
     config_hash: str
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.cfg.model.get("num_classes", self.cfg.data.num_classes))
 
 
 def _resolve_auto_trainer(trainer: DictConfig) -> None:
@@ -132,14 +137,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     if compile_mode(cfg) not in COMPILE_MODES:
         raise RunConfigError(f"trainer.compile_mode={compile_mode(cfg)!r} is not a torch.compile mode; valid: "
                              f"{list(COMPILE_MODES)}")
-    try:
-        arch = arch_config(cfg.model, f"rung {cfg.regime.name}/{cfg.step}")
-    except LadderError as error:
-        raise RunConfigError(str(error)) from error
-    stride = 4 * 2 ** (len(arch.depths) - 1)  # the stem's 4, then 2 per later stage
-    if cfg.data.image_size < stride:
-        raise RunConfigError(f"data.image_size={cfg.data.image_size} is smaller than the rung's total stride "
-                             f"{stride} (its last stage would have no pixels); use data.image_size >= {stride}")
+    arch = _check_model(cfg)
     devices, nodes = int(trainer.devices), int(trainer.num_nodes)
     per_device, global_batch = int(trainer.per_device_batch), int(cfg.recipe.global_batch)
     per_step = per_device * devices * nodes
@@ -151,8 +149,26 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         )
     if _mixing(cfg) and per_device % 2:
         raise RunConfigError(f"trainer.per_device_batch={per_device} must be even with MixUp/CutMix (timm pairs images)")
-    cfg.model = asdict(arch)  # every builder field, as the builder reads it
+    if arch is not None:
+        cfg.model = {"_target_": factory.BUILDER, **asdict(arch)}  # every builder field, as the builder reads it
     return RunPlan(cfg, arch, Path(cfg.output_dir), devices, global_batch // per_step, config_hash(cfg))
+
+
+def _check_model(cfg: DictConfig) -> ArchConfig | None:
+    """The rung's ArchConfig, checked against the image size; None for another factory (only found
+    here: its arguments are checked when `build_parts` calls it, before anything is written)."""
+    try:
+        if not factory.is_builder(cfg.model):
+            factory.check(cfg.model)
+            return None
+        arch = arch_config(cfg.model, f"rung {cfg.regime.name}/{cfg.step}")
+    except (LadderError, factory.FactoryError) as error:
+        raise RunConfigError(str(error)) from error
+    stride = 4 * 2 ** (len(arch.depths) - 1)  # the stem's 4, then 2 per later stage
+    if cfg.data.image_size < stride:
+        raise RunConfigError(f"data.image_size={cfg.data.image_size} is smaller than the rung's total stride "
+                             f"{stride} (its last stage would have no pixels); use data.image_size >= {stride}")
+    return arch
 
 
 def _is_rank_zero() -> bool:
@@ -197,12 +213,15 @@ def build_parts(plan: RunPlan) -> Parts:
 
     from roadmap.data import build_datamodule
     from roadmap.model.complexity import complexity
-    from roadmap.model.net import RoadmapNet
 
     cfg = plan.cfg
     seed_everything(int(cfg.seed), workers=True)
-    model = RoadmapNet(plan.arch)
-    counts = complexity(model, int(cfg.data.image_size))
+    model = build_model(plan)
+    try:
+        counts = complexity(model, int(cfg.data.image_size))
+    except RuntimeError as error:  # e.g. a foreign model's last stage has no pixels left
+        raise RunConfigError(f"model._target_={factory.target(cfg.model)} cannot take {cfg.data.image_size}px "
+                             f"images (data.image_size): {str(error).splitlines()[0]}") from error
     gmacs_224 = complexity(model, 224)["gmacs"]
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -213,6 +232,18 @@ def build_parts(plan: RunPlan) -> Parts:
         datamodule.prepare_data()
         datamodule.setup("fit")
     return Parts(model, datamodule, counts["params"], counts["gmacs"], gmacs_224)
+
+
+def build_model(plan: RunPlan) -> torch.nn.Module:
+    """The rung's model: roadmap's builder from the plan's ArchConfig, or the regime's factory."""
+    from roadmap.model.net import RoadmapNet
+
+    if plan.arch is not None:
+        return RoadmapNet(plan.arch)
+    try:
+        return factory.build(OmegaConf.to_container(plan.cfg.model))
+    except factory.FactoryError as error:
+        raise RunConfigError(str(error)) from error
 
 
 def verify_checkpoint(path: Path, plan: RunPlan, model: torch.nn.Module) -> None:
@@ -313,7 +344,7 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
 
     cfg = plan.cfg
     module = Classifier(
-        parts.model, OmegaConf.to_container(cfg.recipe), plan.arch.num_classes, int(cfg.recipe.global_batch),
+        parts.model, OmegaConf.to_container(cfg.recipe), plan.num_classes, int(cfg.recipe.global_batch),
         channels_last=bool(cfg.trainer.channels_last),
         cuda_graphs=bool(cfg.trainer.compile) and compile_mode(cfg) in CUDA_GRAPH_MODES,
     )
@@ -381,7 +412,7 @@ def _run_fields(plan: RunPlan) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "image_size": int(cfg.data.image_size),
         "dataset": cfg.data.name,
-        "num_classes": plan.arch.num_classes,
+        "num_classes": plan.num_classes,
         "epochs": int(cfg.recipe.epochs),
         "global_batch": int(cfg.recipe.global_batch),
         "per_device_batch": int(cfg.trainer.per_device_batch),

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from roadmap.ladder import (
-    LadderError, compose_arch, compose_run, conf_dir, list_steps, load_regime, rung_dir, rung_name, step_chain,
+    LadderError, check_rung, compose_run, conf_dir, list_steps, load_regime, rung_dir, rung_name, step_chain,
 )
 from roadmap.results import read_result, run_state
 from roadmap.signals import Interrupted, exit_by_signal, raise_on_signals, was_interrupted
@@ -83,7 +83,7 @@ def leave_one_out(endpoint: str, regime: str) -> tuple[dict[str, list[str]], dic
     for step in chain:
         deltas = [d for d in chain if d != step]
         try:
-            compose_arch(regime=regime, deltas=deltas)
+            check_rung(regime=regime, deltas=deltas)
         except LadderError as error:
             impossible[step] = str(error)
             continue

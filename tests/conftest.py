@@ -10,7 +10,15 @@ import pytest
 from tests.slurm_cluster import slurm_cluster  # noqa: F401 - the session's one-node SLURM cluster
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = REPO.parent / "shared"  # the one place tests name ../shared
+MINI_DATA = SHARED / "data" / "imagenette2-64-mini"
+SMOKE = ["experiment=smoke", f"data.root={MINI_DATA}"]  # a smoke run on the mini set
+
+
+def reference_rows() -> list[dict[str, str]]:
+    """../shared/reference/ladder.csv (for parametrizing at collection; tests take `ladder_rows`)."""
+    with open(SHARED / "reference" / "ladder.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="session")
@@ -22,13 +30,12 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def ladder_rows(shared_dir: Path) -> list[dict[str, str]]:
-    with open(shared_dir / "reference" / "ladder.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return reference_rows()
 
 
 @pytest.fixture(scope="session")
 def mini_data(shared_dir: Path) -> Path:
-    return shared_dir / "data" / "imagenette2-64-mini"
+    return MINI_DATA
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import SHARED
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = SHARED / "data"
 TINY_MODEL = ["--width-mult", "0.25", "--num-classes", "10"]
 
 CASES = {

@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import urllib.error
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -26,25 +27,26 @@ from torchvision.transforms import functional as F
 from roadmap.data import DataError, build_datamodule, build_eval_transform, build_train_transform, memory
 from roadmap.data.memory import InMemoryImages
 from roadmap.data.module import MAX_AUTO_WORKERS, resolve_num_workers
+from tests.test_recipe import compose_run
 
-REPO = Path(__file__).resolve().parents[1]
+
+
+@lru_cache(maxsize=None)
+def _composed(data: str, recipe: str) -> DictConfig:
+    """The run config as Hydra composes it (a recipe's `defaults:` included), without an experiment preset."""
+    return compose_run(f"data={data}", f"recipe={recipe}", "~experiment")
 
 
 def make_cfg(data: str, recipe: str = "paper", **overrides: object) -> DictConfig:
-    cfg = OmegaConf.create(
-        {
-            "seed": 0,
-            "data": OmegaConf.load(REPO / "conf" / "data" / f"{data}.yaml"),
-            "recipe": OmegaConf.load(REPO / "conf" / "recipe" / f"{recipe}.yaml"),
-        }
-    )
+    base = _composed(data, recipe)
+    cfg = OmegaConf.create({"seed": 0, "data": OmegaConf.to_container(base.data), "recipe": OmegaConf.to_container(base.recipe)})
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)
     return cfg
 
 
 def augment(**overrides: object) -> DictConfig:
-    aug = OmegaConf.load(REPO / "conf" / "recipe" / "paper.yaml").augment
+    aug = make_cfg("imagenette").recipe.augment
     for key, value in overrides.items():
         aug[key] = value
     return aug

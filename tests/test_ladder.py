@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from hydra import compose
 from omegaconf import OmegaConf
 
 import roadmap
 from roadmap import ladder
-from roadmap.collect import collect
+from roadmap.collect import collect, paper_table
 from roadmap import report
 from roadmap.report import write_report
-from roadmap.run import plan_run
+from roadmap.run import RunConfigError, build_model, plan_run
 from roadmap.sweep import expand, plan_rungs, status_of
 from tests.test_run import SMOKE, run_cli
 
@@ -138,7 +139,7 @@ def test_committed_experiments_collect_and_report(tmp_path: Path) -> None:
     gelu = tmp_path / "imagenette64_proxy" / "r50" / "gelu" / "seed0"  # derived from metrics.csv where missing
     assert results.query("step == 'gelu' and seed == 0")["train_loss_sum"].item() == pytest.approx(
         pd.read_csv(gelu / "metrics.csv").drop_duplicates("epoch", keep="last")["train/loss"].sum(), abs=1e-4)
-    markdown = report.markdown_table(summary, "r50")
+    markdown = report.markdown_table(report.ladder_table(summary, "r50"))
     assert "Of our training-loss sum (lower ranks higher; 13 rungs): ρ = " in markdown
     written = write_report(tmp_path / "proxy_study", formats=["png"], control_dir=tmp_path / "imagenette64_proxy")
     assert (tmp_path / "proxy_study" / "report" / "ladder.md").is_file() and written
@@ -177,3 +178,43 @@ def test_the_steps_group_by_hand_must_be_the_rungs_own() -> None:
     assert ladder.with_rung_overrides(argv) == argv  # a DDP rank re-running the command line
     with pytest.raises(ladder.LadderError, match=r"\+steps=\[gelu\]: a rung's deltas are chosen by step=<name>"):
         ladder.compose_run(["step=gelu", "+steps=[gelu]"])
+
+
+SECOND = ["regime=bag_of_tricks", "~model.width_mult", "model.channels=[8,16,32,64]", "model.stem_width=8"]
+
+
+def test_a_ladder_on_another_factory_is_yaml_alone() -> None:
+    """conf/regime/bag_of_tricks.yaml builds timm's ResNet; its builder-only checks are skipped,
+    what its factory refuses is one line, its params and MACs come from the FLOP counter."""
+    plan = plan_run(ladder.compose_run(["step=avg_down", *SECOND, *SMOKE]))
+    assert plan.arch is None and plan.cfg.model._target_ == "timm.create_model" and plan.cfg.model.avg_down
+    model = build_model(plan)
+    assert type(model).__name__ == "ResNet" and model.fc.out_features == 10 and plan.num_classes == 10
+    assert ladder.changed_fields("mixup", "bag_of_tricks") == {
+        "recipe.augment.mixup": 0.2, "recipe.augment.cutmix": 0.0, "recipe.augment.mixup_prob": 1.0}
+    assert ladder.compose_model("mixup", "bag_of_tricks") == ladder.compose_model("avg_down", "bag_of_tricks")
+    paper = paper_table("bag_of_tricks").set_index("step")  # the regime YAML's numbers, blank where it has none
+    assert paper.at["avg_down", "paper_top1"] == 77.16 and pd.isna(paper.at["mixup", "paper_top1"])
+    with pytest.raises(RunConfigError, match=r"^model\._target_=timm\.create_model refused .*'width_mult'"):
+        build_model(plan_run(ladder.compose_run(["step=avg_down", "regime=bag_of_tricks", *SMOKE])))
+    with pytest.raises(ladder.LadderError, match="not by roadmap's builder"):
+        roadmap.convert_state_dict({}, "avg_down", "bag_of_tricks")
+    with torch.device("meta"):
+        counts = roadmap.complexity(roadmap.build_model("avg_down", "bag_of_tricks"))
+    assert counts["params"] == 25_576_264 and counts["gmacs"] == pytest.approx(4.33, abs=0.01)  # the paper's 4.3
+
+
+def test_a_ladder_on_another_factory_runs_sweeps_collects_and_reports(tmp_path: Path) -> None:
+    """Its last rung (the recipe delta, on the model deltas) through sweep, collect and report."""
+    proc = run_cli(["+roadmap=bag_of_tricks", "roadmap.steps=[mixup]", *SECOND, *SMOKE, *TINY], tmp_path,
+                   cwd=tmp_path, module="roadmap.sweep", timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    mixup = OmegaConf.load(tmp_path / "smoke" / "bag_of_tricks" / "mixup" / "seed0" / "config.yaml")
+    assert mixup.recipe.augment.mixup == 0.2 and mixup.model.stem_type == "deep" and mixup.model.stem_width == 8
+    results, _ = collect(tmp_path / "smoke")
+    row = results.set_index("step").loc["mixup"]
+    assert row["status"] == "completed" and row["params"] > 0 and row["gmacs"] > 0 and pd.isna(row["paper_top1"])
+    written = write_report(tmp_path / "smoke", formats=["png"])
+    markdown = (tmp_path / "smoke" / "report" / "ladder.md").read_text()
+    assert "## bag_of_tricks" in markdown and "| 76.66 |" in markdown and "`avg_down`" in markdown  # not run: the YAML's
+    assert tmp_path / "smoke" / "report" / "ladder_bag_of_tricks.png" in written

@@ -1,8 +1,6 @@
 """The builder reproduces every rung of the ladder exactly (../shared/reference)."""
 from __future__ import annotations
 
-import csv
-from pathlib import Path
 
 import pytest
 import timm
@@ -12,13 +10,10 @@ import torchvision
 import roadmap
 from roadmap import ArchConfig, ArchConfigError, LadderError
 from roadmap.model.layers import LayerNorm2d
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
+from tests.conftest import reference_rows
 
 def _built_rows() -> list[dict[str, str]]:
-    with open(SHARED / "reference" / "ladder.csv", newline="") as f:
-        return [r for r in csv.DictReader(f) if r["adopted"] in ("yes", "no")]
+    return [r for r in reference_rows() if r["adopted"] in ("yes", "no")]
 
 
 @pytest.mark.parametrize("row", _built_rows(), ids=lambda r: f"{r['regime']}-{r['step']}")

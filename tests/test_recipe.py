@@ -17,7 +17,6 @@ from roadmap import ladder
 from roadmap.module import Classifier, NonFiniteLossError
 from roadmap.recipe import WarmupCosine, build_mixup, param_groups, scaled_lr
 
-RECIPE_MD = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "recipe.md"
 
 
 def compose_run(*overrides: str) -> DictConfig:
@@ -25,9 +24,9 @@ def compose_run(*overrides: str) -> DictConfig:
 
 
 @pytest.fixture(scope="module")
-def table() -> dict[str, str]:
+def table(shared_dir: Path) -> dict[str, str]:
     rows = {}
-    for line in RECIPE_MD.read_text().splitlines():
+    for line in (shared_dir / "reference" / "recipe.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 2 and cells[0] not in ("setting", "---"):
             rows[cells[0]] = cells[1]

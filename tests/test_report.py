@@ -129,7 +129,7 @@ def test_spearman_matches_formula(summary: pd.DataFrame) -> None:
 
 
 def test_markdown_table(summary: pd.DataFrame) -> None:
-    text = report.markdown_table(summary, "r50", image_size=64)
+    text = report.markdown_table(report.ladder_table(summary, "r50"), image_size=64)
     for step in paper_ladder("r50").query("adopted != 'ref' and order >= 0")["step"]:
         assert f"`{step}`" in text
     assert "GMACs @64²" in text and "`kernel_5` (not adopted)" in text and "Swin-T (reference)" in text
@@ -143,7 +143,7 @@ def test_markdown_table(summary: pd.DataFrame) -> None:
 
 def test_markdown_table_without_runs() -> None:
     empty = summarize(pd.DataFrame(columns=[*RESULT_FIELDS, "paper_top1", "paper_top1_std", "paper_gflops", "order"]))
-    text = report.markdown_table(empty)
+    text = report.markdown_table(report.ladder_table(empty))
     assert "n/a" in text and "`separate_downsampling`" in text
 
 
@@ -151,7 +151,8 @@ def test_markdown_table_without_runs() -> None:
 
 
 def test_figures_on_synthetic_summary(summary: pd.DataFrame, tmp_path: Path) -> None:
-    ladder = report.ladder_figure(summary)
+    table = report.ladder_table(summary)
+    ladder = report.ladder_figure(table)
     ours, paper = ladder.axes
     labels = [t.get_text() for t in ours.get_yticklabels()]
     assert labels[0] == "resnet50" and "kernel_5 (not adopted)" in labels and len(labels) == 16
@@ -159,13 +160,14 @@ def test_figures_on_synthetic_summary(summary: pd.DataFrame, tmp_path: Path) -> 
     assert any("Swin-T: 81.3" in t.get_text() for t in paper.texts) and paper.lines  # reference line
     assert any(p.get_hatch() for p in paper.patches)  # branches hatched
     assert sum("GFLOPs" in t.get_text() for t in paper.texts) == 16
-    for fig in (ladder, report.top1_vs_gmacs_figure(summary, image_size=64), report.top1_vs_throughput_figure(summary),
-                report.ladder_figure(summary.iloc[:0]), report.top1_vs_gmacs_figure(summary.iloc[:0]),
+    for fig in (ladder, report.top1_vs_gmacs_figure(table, image_size=64), report.top1_vs_throughput_figure(table),
+                report.ladder_figure(report.ladder_table(summary.iloc[:0])),
+                report.top1_vs_gmacs_figure(report.ladder_table(summary.iloc[:0])),
                 report.curves_figure(report.load_curves(tmp_path))):
         assert isinstance(fig, Figure)
-    path = report.save_figure(report.top1_vs_gmacs_figure(summary, image_size=64), tmp_path / "a.svg")
+    path = report.save_figure(report.top1_vs_gmacs_figure(table, image_size=64), tmp_path / "a.svg")
     first = path.read_bytes()
-    report.save_figure(report.top1_vs_gmacs_figure(summary, image_size=64), path)
+    report.save_figure(report.top1_vs_gmacs_figure(table, image_size=64), path)
     assert path.read_bytes() == first  # reproducible SVG: re-running does not churn git
 
 
@@ -263,10 +265,10 @@ def test_seed_spread_and_steps_beyond_noise(summary: pd.DataFrame) -> None:
     # width_96's synthetic change (4 x 2.22 points) is far beyond the noise of 0.3
     assert "width_96" in set(clear["step"])
     assert "separate_downsampling" not in set(clear["step"])  # its parent layer_norm has no runs
-    text = report.markdown_table(summary)
+    text = report.markdown_table(table)
     assert "Seed spread" in text and "pooled" in text and "`width_96` +" in text
     one_seed = summary[summary["step"] == "resnet50"].assign(n=1, top1_std=np.nan)
-    assert "Seed spread: n/a" in report.markdown_table(one_seed)
+    assert "Seed spread: n/a" in report.markdown_table(report.ladder_table(one_seed))
     assert report.beyond_noise(report.ladder_table(one_seed)).empty
 
 
@@ -279,7 +281,7 @@ def test_ordered_pairs_counts_pairs_the_paper_separates(summary: pd.DataFrame) -
     assert agree == total  # the synthetic ladder is the paper's, scaled, plus noise of 0.3
     reversed_table = table.assign(top1_mean=-table["top1_mean"])
     assert report.ordered_pairs(reversed_table) == (0, total)
-    assert "ordered as in the paper: " in report.markdown_table(summary)
+    assert "ordered as in the paper: " in report.markdown_table(table)
 
 
 def test_factor_study_table_against_a_control(experiment_dir: Path, tmp_path: Path) -> None:

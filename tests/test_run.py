@@ -15,10 +15,9 @@ import torch
 
 from roadmap.results import RESULT_FIELDS
 from roadmap.run import execute
+from tests.conftest import SMOKE
 from tests.test_recipe import compose_run
 
-MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenette2-64-mini"
-SMOKE = ["experiment=smoke", f"data.root={MINI}"]
 
 
 def run_cli(args: list[str], out: Path, cwd: Path, module: str = "roadmap.run", timeout: int = 600,

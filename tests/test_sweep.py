@@ -14,9 +14,8 @@ import pytest
 
 import roadmap
 from roadmap.sweep import leave_one_out
+from tests.conftest import SMOKE
 
-MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenette2-64-mini"
-SMOKE = ["experiment=smoke", f"data.root={MINI}"]
 
 
 def cli(module: str, args: list[str], cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenette2-64-mini"
+from tests.conftest import SMOKE
 
 
 @pytest.mark.slow
@@ -18,7 +18,7 @@ def test_slurm_sweep_requeues_and_resumes(slurm_cluster, tmp_path: Path) -> None
     out = tmp_path / "out"
     run_dir = out / "smoke" / "r50" / "gelu" / "seed0"
     args = [
-        "+roadmap=all", "roadmap.steps=[gelu,layer_norm]", "experiment=smoke", f"data.root={MINI}",
+        "+roadmap=all", "roadmap.steps=[gelu,layer_norm]", *SMOKE,
         f"output_root={out}", "recipe.epochs=8", "launcher=slurm", f"launcher.partition={slurm_cluster.partition}",
         "launcher.cpus_per_task=1", "launcher.poll_s=1", "launcher.timeout_min=30",
         "launcher.setup=['export OMP_NUM_THREADS=1']",

@@ -1,11 +1,18 @@
 """`RoadmapNet`: stem → 4 stages → head, built from one `ArchConfig`."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from roadmap.model.config import ArchConfig
 from roadmap.model.layers import STEMS, Block, Downsample, Head, Stage
+
+
+def build_net(**fields: Any) -> RoadmapNet:
+    """The builder as a model factory (`model._target_` of the roadmap regimes): ArchConfig fields in."""
+    return RoadmapNet(ArchConfig(**fields))
 
 
 class RoadmapNet(nn.Module):
