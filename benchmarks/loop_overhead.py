@@ -53,7 +53,7 @@ import roadmap  # noqa: E402
 from roadmap.diagnostics import TrainingDynamics  # noqa: E402
 from roadmap.ladder import compose_run  # noqa: E402
 from roadmap.module import Classifier  # noqa: E402
-from roadmap.run import CUDA_GRAPH_MODES, RunPlan, build_trainer, plan_run, run_callbacks  # noqa: E402
+from roadmap.run import CUDA_GRAPH_MODES, RunPlan, build_model, build_trainer, plan_run, run_callbacks  # noqa: E402
 
 
 class Batches:
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = OmegaConf.to_container(plan.cfg.recipe)
     print_header("training-loop overhead: roadmap's Lightning loop vs a bare PyTorch loop, images/s", device, args)
     torch.manual_seed(0)
-    model = roadmap.RoadmapNet(plan.arch)
+    model = build_model(plan)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     gmacs = roadmap.complexity(model, args.size)["gmacs"]
