@@ -27,13 +27,14 @@ from roadmap.data.gpu_transforms import (
 from roadmap.data.transforms import _posterize, build_rand_augment
 from roadmap.module import Classifier
 from tests.test_data import augment, make_cfg
-from tests.test_run import MINI, SMOKE, result_of, run_cli
+from tests.conftest import MINI_DATA, SMOKE
+from tests.test_run import result_of, run_cli
 
 # Two-sample tests at fixed seeds; a real mismatch of the samplers gives p far below this.
 P_MIN = 1e-3
 
 
-def mini_images(count: int, folder: Path = MINI / "train") -> list[Image.Image]:
+def mini_images(count: int, folder: Path = MINI_DATA / "train") -> list[Image.Image]:
     files = sorted(folder.rglob("*.JPEG")) or sorted(folder.rglob("*.jpg"))
     return [Image.open(f).convert("RGB") for f in files[:: max(1, len(files) // count)][:count]]
 
