@@ -50,11 +50,13 @@ trace_log.propagate = False
 RERUN_DIR = "rerun"  # a forced rerun of a completed run trains here; its files replace the old ones once it completes
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's, as on the console
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-# Integer keys and their smallest valid value (data.image_size is checked against the rung's stride).
+# trainer.per_device_batch=auto's ceiling per device kind: conf/trainer/gpu.yaml's and cpu.yaml's
+# per_device_batch (tests/test_run.py checks they agree).
 AUTO_PER_DEVICE_BATCH = {"gpu": 128, "cpu": 64}
 # torch.compile's modes (trainer.compile_mode); those that capture CUDA graphs on a GPU.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # conf/trainer/gpu.yaml's and cpu.yaml's per_device_batch
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+# Integer keys and their smallest valid value (data.image_size is checked against the rung's stride).
 INTEGER_KEYS = {"recipe.epochs": 1, "recipe.global_batch": 1, "trainer.per_device_batch": 1, "trainer.devices": 1,
                 "trainer.num_nodes": 1, "data.image_size": 1, "data.num_classes": 1,
                 "seed": 0, "trainer.log_every_n_steps": 1, "trainer.check_val_every_n_epoch": 1}

@@ -109,6 +109,13 @@ def test_per_device_batch_auto_comes_from_the_device(monkeypatch: pytest.MonkeyP
     assert (plan.cfg.trainer.per_device_batch, plan.accumulate) == (per_device, accumulate)
 
 
+@pytest.mark.parametrize("kind", ["cpu", "gpu"])
+def test_per_device_batch_auto_ceiling_is_the_trainer_presets(kind: str) -> None:
+    from roadmap.run import AUTO_PER_DEVICE_BATCH
+
+    assert compose_run(f"trainer={kind}").trainer.per_device_batch == AUTO_PER_DEVICE_BATCH[kind]
+
+
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_compile_mode_reaches_torch_compile_out_of_the_hash(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     from roadmap.module import Classifier
