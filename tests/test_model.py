@@ -141,7 +141,7 @@ def test_width_multiplier_scales_every_stage() -> None:
 def test_unknown_step_and_regime_list_valid_names() -> None:
     with pytest.raises(LadderError, match=r"step='patchify'.*valid steps: \['resnet50'"):
         roadmap.build_model("patchify")
-    with pytest.raises(LadderError, match=r"regime='r101'.*\['r200', 'r50'\]"):
+    with pytest.raises(LadderError, match=r"regime='r101'.*\['bag_of_tricks', 'r200', 'r50'\]"):
         roadmap.build_model("resnet50", regime="r101")
     with pytest.raises(LadderError, match="width_128"):
         roadmap.build_model("width_128")  # an r200-only step
