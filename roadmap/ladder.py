@@ -212,29 +212,36 @@ def rung_argv(prog: str, config_name: str) -> list[str]:
         sys.exit(2)
 
 
+def _rung_model(step: str | None, regime: str, overrides: Mapping[str, Any] | None,
+                deltas: Sequence[str] | None) -> tuple[dict[str, Any], str]:
+    """`compose_model`'s block and the rung's name for messages (the step, or the delta list's name)."""
+    spec = load_regime(regime)
+    chain = check_deltas(deltas, spec) if deltas is not None else step_chain(step or spec.baseline, spec)
+    fields = OmegaConf.to_container(_ladder(regime, tuple(chain)).model, resolve=True)
+    name = step if deltas is None else rung_name(chain, spec)
+    return {**fields, **{k: v for k, v in dict(overrides or {}).items() if v is not None}}, f"rung {regime}/{name}"
+
+
 def compose_model(step: str | None = None, regime: str = "r50", overrides: Mapping[str, Any] | None = None,
                   deltas: Sequence[str] | None = None) -> dict[str, Any]:
     """The rung's `model` block, resolved: baseline ⊕ deltas (the chain to `step`, or `deltas`) ⊕
     `overrides` (None values skipped), composed from the same files as a run (`ladder.yaml` gives
     what a run's recipe and data would: 1000 classes, no layer scale or drop path)."""
-    spec = load_regime(regime)
-    chain = check_deltas(deltas, spec) if deltas is not None else step_chain(step or spec.baseline, spec)
-    fields = OmegaConf.to_container(_ladder(regime, tuple(chain)).model, resolve=True)
-    return {**fields, **{k: v for k, v in dict(overrides or {}).items() if v is not None}}
+    return _rung_model(step, regime, overrides, deltas)[0]
 
 
 def compose_arch(step: str | None = None, regime: str = "r50", overrides: Mapping[str, Any] | None = None,
                  deltas: Sequence[str] | None = None) -> ArchConfig:
     """The rung's ArchConfig (`compose_model`'s block); a regime on another factory is refused."""
-    name = step if deltas is None else rung_name(check_deltas(deltas, load_regime(regime)), load_regime(regime))
-    return arch_config(compose_model(step, regime, overrides, deltas), f"rung {regime}/{name}")
+    return arch_config(*_rung_model(step, regime, overrides, deltas))
 
 
 def check_rung(step: str | None = None, regime: str = "r50", deltas: Sequence[str] | None = None) -> None:
     """The builder's reason a rung cannot be built (LadderError); another factory's rungs are
     checked when they are built."""
-    if factory.is_builder(compose_model(step, regime, deltas=deltas)):
-        compose_arch(step, regime, deltas=deltas)
+    model, rung = _rung_model(step, regime, None, deltas)
+    if factory.is_builder(model):
+        arch_config(model, rung)
 
 
 def arch_config(model: Mapping[str, Any], rung: str) -> ArchConfig:
