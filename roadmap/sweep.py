@@ -161,7 +161,9 @@ def visible_devices(slot: int, devices_per_run: int, runs_per_device: int) -> st
 
 def launch_local(rungs: list[Rung], passed_on: list[str], launcher: DictConfig, trainer_devices: int) -> dict[str, int]:
     """Run rungs as child processes, `max_parallel` at a time (1 for launcher=local), `runs_per_device`
-    of them on each device group; each child's output goes to <out_dir>/stdout.log. Returns {label: exit code}."""
+    of them on each device group; each child's output goes to <out_dir>/stdout.log. A rung that another
+    sweep has finished or started by its turn is skipped, so that two sweeps of one ladder share its
+    rungs. Returns {label: exit code} of the rungs started."""
     parallel = int(launcher.get("max_parallel", 1))
     per_run = int(launcher.get("devices_per_run", trainer_devices) or 1)
     sharing = launcher.get("runs_per_device", 1)
@@ -173,7 +175,12 @@ def launch_local(rungs: list[Rung], passed_on: list[str], launcher: DictConfig, 
     try:
         while pending or running:
             while pending and free_slots:
-                rung, slot = pending.pop(0), free_slots.pop(0)
+                rung = pending.pop(0)
+                state = status_of(rung)
+                if state in ("done", "running"):  # another sweep finished or started it since the plan
+                    log.info("skip  %s: %s elsewhere since the sweep started", rung.label, state)
+                    continue
+                slot = free_slots.pop(0)
                 env = dict(os.environ)
                 if parallel > 1:
                     env["OMP_NUM_THREADS"] = str(threads)

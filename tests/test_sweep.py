@@ -226,3 +226,34 @@ def test_local_parallel_starts_runs_per_device_runs_on_each_gpu(tmp_path: Path, 
     assert sorted(started) == ["0", "0", "1", "1"] and ended[0] == 4 and set(codes.values()) == {0}
     with pytest.raises(sweep.SweepError, match="launcher.runs_per_device=0 must be an integer >= 1"):
         sweep.launch_local(rungs, [], OmegaConf.merge(launcher, {"runs_per_device": 0}), trainer_devices=1)
+
+
+def test_a_rung_taken_by_another_sweep_meanwhile_is_skipped(tmp_path: Path, monkeypatch) -> None:
+    """Two sweeps of one ladder share it: a rung that another process locked (or finished) after this
+    sweep planned it is not started again, and the rungs after it still run."""
+    import platform
+
+    from omegaconf import OmegaConf
+
+    from roadmap import sweep
+    from roadmap.results import LOCK_FILE
+
+    started: list[str] = []
+
+    class Child:
+        def __init__(self, command: list[str], **_: object) -> None:
+            started.append(next(a.split("=", 1)[1] for a in command if a.startswith("step=")))
+            self.returncode = 0
+            if started == ["gelu"]:  # meanwhile, another sweep (a live process: this one) takes kernel_7
+                (tmp_path / "kernel_7").mkdir()
+                (tmp_path / "kernel_7" / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": platform.node()}))
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", Child)
+    monkeypatch.setattr(sweep.time, "sleep", lambda _: None)
+    rungs = [sweep.Rung(step, 0, "r50", out_dir=tmp_path / step) for step in ("gelu", "kernel_7", "width_96")]
+    codes = sweep.launch_local(rungs, [], OmegaConf.create({"name": "local"}), trainer_devices=1)
+    assert started == ["gelu", "width_96"]
+    assert set(codes) == {"r50/gelu/seed0", "r50/width_96/seed0"}
