@@ -40,14 +40,20 @@ def is_roadmap_net(model: nn.Module) -> bool:
 
 def update_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The layers whose update/weight ratio is recorded, keyed by module path: the stem conv, the
-    first block's last conv in stage 1, the last block's last conv in stage 4, the classifier; on a
-    model of another factory, its first conv and its last Linear."""
+    first block's spatial (k×k) conv and last conv in stage 1, the last block's last conv in stage 4,
+    the classifier; on a model of another factory, its first conv and its last Linear."""
     if not is_roadmap_net(model):
         convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][:1]
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
         return {name: model.get_submodule(name) for name in convs + linears}
+    # The spatial conv is where the rungs differ most (dense 3×3, depthwise, 7×7, moved up); under
+    # BatchNorm its weight scale sets its effective learning rate.
+    first = model.stages[0].blocks[0]
+    spatial = next(f"stages.0.blocks.0.{n}" for n, m in first.named_children()
+                   if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
     last = len(model.stages[-1].blocks) - 1
-    names = ["stem.conv", "stages.0.blocks.0.conv3", f"stages.{len(model.stages) - 1}.blocks.{last}.conv3", "head.fc"]
+    names = ["stem.conv", spatial, "stages.0.blocks.0.conv3", f"stages.{len(model.stages) - 1}.blocks.{last}.conv3",
+             "head.fc"]
     return {name: model.get_submodule(name) for name in names}
 
 

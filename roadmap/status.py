@@ -11,7 +11,7 @@ from roadmap.ladder import LadderError, conf_dir
 from roadmap.sweep import SweepError, expand, passed_on_overrides, plan_rungs, status_table
 
 
-@hydra.main(config_path=str(conf_dir()), config_name="sweep", version_base="1.3")
+@hydra.main(config_path=str(conf_dir()), config_name="status", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         rungs, _ = expand(cfg)

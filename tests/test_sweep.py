@@ -128,6 +128,7 @@ def test_presets_expand_to_the_expected_rungs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = proc.stdout.splitlines()[1:]
     assert len(rows) == 39 and all(r.split()[1] == "pending" for r in rows)
+    assert not list(tmp_path.iterdir())  # status only reads: no log file, no directory
     assert rows[0].split()[0] == "r50/resnet50/seed0" and rows[13].split()[0] == "r50/resnet50/seed1"
     kernels = cli("roadmap.status", ["+roadmap=kernels", *SMOKE, f"output_root={tmp_path}"], tmp_path)
     assert [r.split()[0] for r in kernels.stdout.splitlines()[1:]] == [
