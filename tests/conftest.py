@@ -15,6 +15,26 @@ MINI_DATA = SHARED / "data" / "imagenette2-64-mini"
 SMOKE = ["experiment=smoke", f"data.root={MINI_DATA}"]  # a smoke run on the mini set
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`-n N`), each worker and the processes it starts get an equal share of the
+    CPU threads instead of all of them (N workers × all cores would oversubscribe the machine)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the machine's one SLURM cluster (fixed ports, one per machine) run on one xdist
+    worker (`--dist loadgroup`), which starts the cluster once."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
 def reference_rows() -> list[dict[str, str]]:
     """../shared/reference/ladder.csv (for parametrizing at collection; tests take `ladder_rows`)."""
     with open(SHARED / "reference" / "ladder.csv", newline="") as f:
