@@ -15,7 +15,7 @@ MINI_DATA = SHARED / "data" / "imagenette2-64-mini"
 SMOKE = ["experiment=smoke", f"data.root={MINI_DATA}"]  # a smoke run on the mini set
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def pytest_configure() -> None:
     """Under pytest-xdist (`-n N`), each worker and the processes it starts get an equal share of the
     CPU threads instead of all of them (N workers × all cores would oversubscribe the machine)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

@@ -169,7 +169,8 @@ def test_run_records_diagnostics_and_computes_the_same_weights_without_them(tmp_
                       torch.load(run_dir / "last.ckpt", weights_only=True)["state_dict"])
     (on, metrics_on, weights_on), (off, metrics_off, weights_off) = runs["true"], runs["false"]
     dyn = [c for c in metrics_on if c.startswith("dyn/")]
-    assert len(dyn) == 1 + 5 + 8 and "dyn/update_ratio/head.fc" in dyn and "dyn/update_ratio/stages.0.blocks.0.conv1" in dyn and "dyn/stage4_branch_ratio" in dyn
+    assert len(dyn) == 1 + 5 + 8 and "dyn/update_ratio/head.fc" in dyn and "dyn/stage4_branch_ratio" in dyn
+    assert "dyn/update_ratio/stages.0.blocks.0.conv1" in dyn  # the endpoint's spatial (7×7 depthwise) conv
     assert len(metrics_on) == 2 and metrics_on[dyn].notna().all().all()
     assert (metrics_on[dyn] > 0).all().all() and metrics_on[dyn].apply(lambda c: c.map(math.isfinite)).all().all()
     assert not [c for c in metrics_off if c.startswith("dyn/")]
