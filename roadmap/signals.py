@@ -28,12 +28,17 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT:
             signal.default_int_handler(signum, frame)
         exit_by_signal(signum)
-    for other in SIGNALS:  # a second signal must not interrupt the cleanup
-        signal.signal(other, signal.SIG_IGN)
-    # Nor the DataLoader's SIGCHLD handler, which raises when its workers die of the same signal
-    # (sent to the whole process group by Ctrl-C, `timeout`, SLURM).
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # A second signal must not interrupt the cleanup, nor the DataLoader's SIGCHLD handler, which
+    # raises when its workers die of the same signal (sent to the whole process group by Ctrl-C,
+    # `timeout`, SLURM). A no-op handler, not SIG_IGN/SIG_DFL: a signal that arrived just before is
+    # still pending, and Python reports one whose handler became SIG_IGN/SIG_DFL with a traceback.
+    for other in (*SIGNALS, signal.SIGCHLD):
+        signal.signal(other, _ignore)
     raise Interrupted(signum)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """Ignores a signal."""
 
 
 def raise_on_signals() -> None:

@@ -417,6 +417,30 @@ def test_a_signal_is_an_interruption_with_one_line_and_a_resumable_result(tmp_pa
     assert (run_dir / "last.ckpt").is_file() and not (run_dir / "running.json").exists()
 
 
+SIGNAL_RACE = """
+import os, signal
+from roadmap.signals import Interrupted, raise_on_signals
+signal.signal(signal.SIGCHLD, lambda *_: None)  # stands in for the DataLoader's handler
+raise_on_signals()
+both = {signal.SIGTERM, signal.SIGCHLD}
+signal.pthread_sigmask(signal.SIG_BLOCK, both)
+os.kill(os.getpid(), signal.SIGTERM)  # the signal, and a worker it killed, arrive together
+os.kill(os.getpid(), signal.SIGCHLD)
+try:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, both)
+    sum(range(1000))
+except Interrupted as stop:
+    sum(range(1000))  # the cleanup: Python handles the pending SIGCHLD here
+    print("interrupted by", stop)
+"""
+
+
+def test_a_signal_pending_when_the_interruption_starts_prints_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_RACE], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout == "interrupted by SIGTERM\n", proc.stderr
+    assert proc.stderr == ""
+
+
 def test_a_forced_rerun_that_stops_keeps_the_completed_result(smoke_run, tmp_path: Path) -> None:
     out, run_dir = copy_run(smoke_run, tmp_path)
     kept = {name: (run_dir / name).read_bytes() for name in ("result.json", "metrics.csv", "last.ckpt", "config.yaml")}
