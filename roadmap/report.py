@@ -3,7 +3,8 @@
 Reads <output_root>/<experiment>/results.csv (collecting the run directories first when it is
 absent or older than a result.json) and every run's metrics.csv, and writes to `report_dir`
 (default <output_root>/<experiment>/report/): `ladder.md` and the figures `ladder`,
-`top1_vs_gmacs`, `top1_vs_throughput`, `curves` and `dynamics` in each of `formats` (png, svg). Regimes
+`top1_vs_gmacs`, `top1_vs_throughput`, `curves` and `dynamics` (and `compare`, with `compare=[…]`)
+in each of `formats` (png, svg). Regimes
 other than r50 get their own files, suffixed `_<regime>`. Rungs that have not run yet appear
 with the paper's numbers alone. The notebooks in analysis/ call these same functions.
 """
@@ -46,6 +47,7 @@ class ReportData:
     summary: pd.DataFrame  # one row per rung and variant (collect.summarize)
     curves: pd.DataFrame  # one row per run and epoch (metrics.csv), CURVE_COLUMNS and any dyn/ columns
     control: ReportData | None = None  # a factor study's control experiment (its plain rungs)
+    compared: list[ReportData] = field(default_factory=list)  # other experiments drawn beside this one
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # `ladder`'s, built once per regime
 
     def ladder(self, regime: str = DEFAULT_REGIME) -> pd.DataFrame:
@@ -296,6 +298,33 @@ def study_table(summary: pd.DataFrame, control: pd.DataFrame, regime: str = DEFA
     return "\n".join(lines)
 
 
+def comparison_table(ladders: dict[str, pd.DataFrame]) -> str:
+    """One row per experiment (name -> its ladder table, `ladder_table`): how many adopted rungs ran
+    and with how many seeds, the first and last adopted rung's top-1 and their gap (with 2 standard
+    errors of it from the pooled seed std), and the agreement with the paper (ρ, ordered pairs, signs)."""
+    lines = ["| experiment | rungs (seeds) | first rung | endpoint | endpoint − first (± 2 SE) "
+             "| Spearman ρ | ρ of the loss sum | pairs as the paper | signs as the paper | pooled seed std |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, table in ladders.items():
+        adopted = table[table["adopted"] == "yes"]
+        ran = adopted.dropna(subset=["top1_mean"])
+        first, last = adopted.iloc[0], adopted.iloc[-1]
+        pooled = seed_spread(table)[2]
+        gap = last["top1_mean"] - first["top1_mean"]
+        se2 = 2 * pooled * math.sqrt(1 / last["n"] + 1 / first["n"]) if not math.isnan(pooled) and not pd.isna(gap) else math.nan
+        seeds = "–" if ran.empty else f"{int(ran['n'].min())}" + ("" if ran["n"].min() == ran["n"].max() else f"–{int(ran['n'].max())}")
+        rho, loss_rho = spearman(table)[0], spearman(table, "train_loss_sum_mean", lower_is_better=True)[0]
+        pairs, signs = ordered_pairs(table), gain_agreement(table)
+        lines.append(
+            f"| {name} | {len(ran)}/{len(adopted)} ({seeds}) | {_mean_std(first['top1_mean'], first['top1_std'])} "
+            f"| {_mean_std(last['top1_mean'], last['top1_std'])} "
+            f"| {_num(gap, signed=True)}{'' if math.isnan(se2) else f' ± {se2:.2f}'} "
+            f"| {_num(rho, '.3f')} | {_num(loss_rho, '.3f')} | {pairs[0]} of {pairs[1]} | {signs[0]} of {signs[1]} "
+            f"| {_num(pooled)} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown_report(data: ReportData, figure_format: str | None = "png") -> str:
     """The whole ladder.md: run counts, then per regime the figures, the ladder table and variants."""
     status = data.results["status"].value_counts() if not data.results.empty else pd.Series(dtype=int)
@@ -321,7 +350,17 @@ def markdown_report(data: ReportData, figure_format: str | None = "png") -> str:
         if data.control is not None:
             study = study_table(data.summary, data.control.summary, regime)
             parts += ["", f"### Factor study (control: {data.control.name})", "", study or "no variants yet."]
+        if data.compared:
+            parts += ["", "### Compared experiments", ""]
+            if figure_format:
+                parts += [f"![compare](compare{suffix}.{figure_format})", ""]
+            parts.append(comparison_table(_ladders(data, regime)))
     return "\n".join(parts) + "\n"
+
+
+def _ladders(data: ReportData, regime: str) -> dict[str, pd.DataFrame]:
+    """This experiment's ladder table and those of the experiments compared with it, by name."""
+    return {d.name: d.ladder(regime) for d in (data, *data.compared)}
 
 
 # --------------------------------------------------------------------------------------- figures
@@ -399,6 +438,36 @@ def ladder_figure(full: pd.DataFrame, title: str = "", column: str = "top1") -> 
     for ax in (ax_ours, ax_paper):
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title or "ours vs the paper (Fig. 2)")
+    return fig
+
+
+def comparison_figure(ladders: dict[str, pd.DataFrame], title: str = "") -> Figure:
+    """Experiments' ladders on one scale (name -> ladder table, `ladder_table`): left, each adopted
+    rung's top-1 change from the experiment's first rung, beside the paper's (is the trajectory
+    the paper's?); right, top-1 itself, mean ± std over seeds."""
+    fig = Figure(figsize=(13, 5.5), layout="constrained")
+    ax_gain, ax_top1 = fig.subplots(1, 2, sharex=True)
+    steps: list[str] = []
+    for name, table in ladders.items():
+        adopted = table[table["adopted"] == "yes"].reset_index(drop=True)
+        steps = steps or adopted["step"].tolist()
+        x, mean, std = np.arange(len(adopted)), adopted["top1_mean"], adopted["top1_std"].fillna(0)
+        label = f"{name} (ρ {_num(spearman(table)[0], '.2f')})"
+        line = ax_gain.plot(x, mean - mean.iloc[0], marker="o", markersize=4, label=label)[0]
+        ax_top1.errorbar(x, mean, yerr=std, marker="o", markersize=4, capsize=2, color=line.get_color(), label=name)
+    if ladders:
+        paper = next(iter(ladders.values()))
+        paper = paper[paper["adopted"] == "yes"]["paper_top1"].reset_index(drop=True)
+        ax_gain.plot(np.arange(len(paper)), paper - paper.iloc[0], color="black", linestyle="--", marker="s",
+                     markersize=4, label="paper (ImageNet-1K)")
+    ax_gain.axhline(0, color="grey", linewidth=0.8)
+    ax_gain.set_ylabel("top-1 change from the first rung (points)")
+    ax_top1.set_ylabel("our top-1 (%), mean ± std over seeds")
+    for ax in (ax_gain, ax_top1):
+        ax.set_xticks(np.arange(len(steps)), steps, rotation=60, ha="right", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "ladders compared")
     return fig
 
 
@@ -536,6 +605,8 @@ def report_figures(data: ReportData) -> dict[str, Figure]:
         figures[f"top1_vs_throughput{suffix}"] = top1_vs_throughput_figure(table, title=name)
         figures[f"curves{suffix}"] = curves_figure(data.curves, regime, title=f"{name}: training curves, mean over seeds")
         figures[f"dynamics{suffix}"] = dynamics_figure(data.curves, regime, title=f"{name}: training dynamics, mean over seeds")
+        if data.compared:
+            figures[f"compare{suffix}"] = comparison_figure(_ladders(data, regime), title=f"{regime} ladders compared with the paper's")
     return figures
 
 
@@ -556,13 +627,15 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 def write_report(experiment_dir: str | Path, report_dir: str | Path | None = None,
                  formats: tuple[str, ...] | list[str] = ("png", "svg"), write_collect: bool = True,
-                 control_dir: str | Path | None = None) -> list[Path]:
+                 control_dir: str | Path | None = None, compare_dirs: tuple[str | Path, ...] | list[str | Path] = ()) -> list[Path]:
     """Write ladder.md and every figure in every format to report_dir (default
     <experiment_dir>/report); returns the files written. With `control_dir` (a factor study's
-    control experiment), ladder.md also gets the factor table (`study_table`)."""
+    control experiment), ladder.md also gets the factor table (`study_table`); with `compare_dirs`
+    (other experiments), the `compare` figure and table."""
     data = load_report_data(experiment_dir, write_collect=write_collect)
     if control_dir is not None:
         data.control = load_report_data(control_dir)
+    data.compared = [load_report_data(d) for d in compare_dirs]
     report_dir = Path(report_dir) if report_dir is not None else data.experiment_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -573,17 +646,26 @@ def write_report(experiment_dir: str | Path, report_dir: str | Path | None = Non
     return [*written, markdown]
 
 
+def _other_experiment(output_root: str, key: str, name: str) -> Path:
+    """The experiment folder `name` under output_root, which must hold a results.csv (else exit 2)."""
+    folder = Path(output_root) / name
+    if not (folder / "results.csv").is_file():
+        found = sorted(p.parent.name for p in Path(output_root).glob("*/results.csv"))
+        print(f"roadmap.report: error: {key}={name}: no results.csv in {folder}; experiments with one: "
+              f"{', '.join(found) or 'none'}", file=sys.stderr)
+        sys.exit(2)
+    return folder
+
+
 @hydra.main(config_path=str(conf_dir()), config_name="report", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     experiment_dir = Path(cfg.output_root) / cfg.experiment_name
     if not list_runs(experiment_dir) and not (experiment_dir / "results.csv").is_file():
         print(f"roadmap.report: warning: no runs under {experiment_dir}: the paper's numbers alone", file=sys.stderr)
-    control = Path(cfg.output_root) / cfg.control if cfg.control else None
-    if control is not None and not (control / "results.csv").is_file():
-        print(f"roadmap.report: error: control={cfg.control}: no results.csv in {control}", file=sys.stderr)
-        sys.exit(2)
+    control = _other_experiment(cfg.output_root, "control", cfg.control) if cfg.control else None
+    compared = [_other_experiment(cfg.output_root, "compare", name) for name in cfg.compare]
     try:
-        written = write_report(experiment_dir, cfg.report_dir, list(cfg.formats), control_dir=control)
+        written = write_report(experiment_dir, cfg.report_dir, list(cfg.formats), control_dir=control, compare_dirs=compared)
     except ValueError as error:  # an invalid result.json, named
         print(f"roadmap.report: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -251,6 +251,28 @@ def test_cli(experiment_dir: Path) -> None:
     assert "11 files" in done.stdout
 
 
+def test_compared_experiments_figure_and_table(experiment_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "inverted"
+    _write_run(other, _result("resnet50", 0, 65.0), "resnet50", 0)
+    _write_run(other, _result("separate_downsampling", 0, 60.0), "separate_downsampling", 0)
+    written = report.write_report(experiment_dir, formats=["png"], compare_dirs=[other])
+    assert experiment_dir / "report" / "compare.png" in written
+    markdown = (experiment_dir / "report" / "ladder.md").read_text()
+    assert "### Compared experiments" in markdown and "![compare](compare.png)" in markdown
+    # endpoint - first rung: 70 - 60.5, ± 2 SE from the pooled std (resnet50's, 0.71) with n = 1 and 2
+    assert "| synthetic | 4/13 (1–2) | 60.50 ± 0.71 | 70.00 | +9.50 ± 1.73 |" in markdown
+    assert "| inverted | 2/13 (1) | 65.00 | 60.00 | -5.00 | – | – | 0 of 1 | 0 of 0 | – |" in markdown
+
+
+def test_cli_names_an_unknown_compared_experiment(experiment_dir: Path) -> None:
+    cmd = [sys.executable, "-m", "roadmap.report", "experiment=smoke", f"output_root={experiment_dir.parent}",
+           "experiment_name=synthetic", "compare=[nope]"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert f"compare=nope: no results.csv in {experiment_dir.parent / 'nope'}" in done.stderr
+    assert "experiments with one: none" in done.stderr  # synthetic has run directories, not yet a results.csv
+
+
 def test_seed_spread_and_steps_beyond_noise(summary: pd.DataFrame) -> None:
     table = report.ladder_table(summary)
     median, largest, pooled, k = report.seed_spread(table)
