@@ -4,15 +4,14 @@ Reads <output_root>/<experiment>/results.csv (collecting the run directories fir
 absent or older than a result.json) and every run's metrics.csv, and writes to `report_dir`
 (default <output_root>/<experiment>/report/): `ladder.md` and the figures `ladder`,
 `top1_vs_gmacs`, `top1_vs_throughput`, `curves` and `dynamics` (and `compare`, with `compare=[…]`)
-in each of `formats` (png, svg). Regimes
-other than r50 get their own files, suffixed `_<regime>`. Rungs that have not run yet appear
-with the paper's numbers alone. The notebooks in analysis/ call these same functions.
+in each of `formats` (png, svg). Regimes other than r50 get their own files, suffixed `_<regime>`.
+Rungs that have not run yet appear with the paper's numbers alone. The notebooks in analysis/ call these same functions.
 """
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from omegaconf import DictConfig
 from roadmap.collect import PAPER_COLUMNS, collect, ladder_order, load_results, paper_table, summarize
 from roadmap.ladder import LadderError, conf_dir, list_steps, load_regime, step_chain
 from roadmap.results import RESULT_FIELDS, RESULT_FILE, list_runs, read_history
-from roadmap.statistics import beyond_noise, gain_agreement, ordered_pairs, seed_spread, spearman
+from roadmap.statistics import beyond_noise, difference_se, gain_agreement, ordered_pairs, seed_spread, spearman
 
 FIGURES = ("ladder", "top1_vs_gmacs", "top1_vs_throughput", "curves", "dynamics")
 DEFAULT_REGIME = "r50"
@@ -311,7 +310,7 @@ def comparison_table(ladders: dict[str, pd.DataFrame]) -> str:
         first, last = adopted.iloc[0], adopted.iloc[-1]
         pooled = seed_spread(table)[2]
         gap = last["top1_mean"] - first["top1_mean"]
-        se2 = 2 * pooled * math.sqrt(1 / last["n"] + 1 / first["n"]) if not math.isnan(pooled) and not pd.isna(gap) else math.nan
+        se2 = 2 * difference_se(pooled, last["n"], first["n"])  # NaN where a rung has not run or no rung has 2 seeds
         seeds = "–" if ran.empty else f"{int(ran['n'].min())}" + ("" if ran["n"].min() == ran["n"].max() else f"–{int(ran['n'].max())}")
         rho, loss_rho = spearman(table)[0], spearman(table, "train_loss_sum_mean", lower_is_better=True)[0]
         pairs, signs = ordered_pairs(table), gain_agreement(table)
@@ -627,7 +626,7 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 def write_report(experiment_dir: str | Path, report_dir: str | Path | None = None,
                  formats: tuple[str, ...] | list[str] = ("png", "svg"), write_collect: bool = True,
-                 control_dir: str | Path | None = None, compare_dirs: tuple[str | Path, ...] | list[str | Path] = ()) -> list[Path]:
+                 control_dir: str | Path | None = None, compare_dirs: Sequence[str | Path] = ()) -> list[Path]:
     """Write ladder.md and every figure in every format to report_dir (default
     <experiment_dir>/report); returns the files written. With `control_dir` (a factor study's
     control experiment), ladder.md also gets the factor table (`study_table`); with `compare_dirs`

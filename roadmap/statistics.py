@@ -55,6 +55,12 @@ def seed_spread(table: pd.DataFrame) -> tuple[float, float, float, int]:
     return float(rows["top1_std"].median()), float(rows["top1_std"].max()), pooled, len(rows)
 
 
+def difference_se(pooled: float, n: float | np.ndarray, n_other: float | np.ndarray) -> float | np.ndarray:
+    """Standard error of the difference of two rung means over n and n_other seeds, each seed with
+    the pooled seed std (`seed_spread`); NaN where either count is."""
+    return pooled * np.sqrt(1 / n + 1 / n_other)
+
+
 def beyond_noise(table: pd.DataFrame, z: float = 2.0) -> pd.DataFrame:
     """Steps (adopted or branch) whose change over the parent rung exceeds z standard errors of a
     difference of two means with the pooled seed std, s_pooled * sqrt(1/n + 1/n_parent); both
@@ -63,5 +69,5 @@ def beyond_noise(table: pd.DataFrame, z: float = 2.0) -> pd.DataFrame:
     by_step = table.set_index("step")
     rows = table[table["adopted"].isin(["yes", "no"]) & table["parent"].isin(by_step.index)].dropna(subset=["gain"])
     parent_n = by_step.loc[rows["parent"], "n"].to_numpy(dtype=float)
-    rows = rows.assign(gain_se=pooled * np.sqrt(1 / rows["n"].to_numpy(dtype=float) + 1 / parent_n))
+    rows = rows.assign(gain_se=difference_se(pooled, rows["n"].to_numpy(dtype=float), parent_n))
     return rows[rows["gain_se"].notna() & (rows["gain"].abs() > z * rows["gain_se"])]
