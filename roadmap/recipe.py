@@ -18,13 +18,59 @@ def scaled_lr(optimizer_cfg: Mapping[str, Any], global_batch: int) -> float:
     return float(optimizer_cfg["base_lr"]) * global_batch / float(optimizer_cfg["base_batch"])
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weights only: none on biases and 1-D parameters (norms, layer scale)."""
-    decay, no_decay = [], []
+NORMALIZATIONS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+@torch.no_grad()
+def normalized_weights(model: nn.Module, image_size: int = 64) -> list[nn.Parameter]:
+    """The conv and Linear weights whose output goes straight into a normalization layer, found by
+    one forward pass (eval mode, hooks, a blank image batch). The normalization makes its input's
+    scale irrelevant, so the decay of such a weight sets its effective learning rate."""
+    produced: dict[int, tuple[nn.Module, torch.Tensor, int]] = {}
+    feeding: list[nn.Module] = []
+
+    def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        # The tensor is kept so that its id stays its own; its version tells an in-place change
+        # (a residual `y += shortcut` on the conv's output) from the conv's own output.
+        produced[id(output)] = (module, output, output._version)
+
+    def check(module: nn.Module, args: tuple) -> None:
+        source = produced.get(id(args[0]))
+        if source is not None and source[2] == args[0]._version:
+            feeding.append(source[0])
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    hooks = [m.register_forward_hook(record) for m in layers]
+    hooks += [m.register_forward_pre_hook(check) for m in model.modules() if isinstance(m, NORMALIZATIONS)]
+    modes = {m: m.training for m in model.modules()}
+    weight = next(model.parameters())
+    try:
+        model.eval()
+        # .forward, not __call__: a model compiled in place (nn.Module.compile) runs eagerly here.
+        model.forward(torch.zeros(2, 3, image_size, image_size, device=weight.device, dtype=weight.dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, training in modes.items():
+            module.training = training
+    return [m.weight for m in layers if m in set(feeding)]
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, normalized_weight_decay: float | None = None
+) -> list[dict[str, Any]]:
+    """Weight decay on weights only: none on biases and 1-D parameters (norms, layer scale). With
+    `normalized_weight_decay`, the weights a normalization follows (`normalized_weights`) get that
+    decay instead, in a group of their own."""
+    normalized = {id(p) for p in normalized_weights(model)} if normalized_weight_decay is not None else set()
+    decay, decay_normalized, no_decay = [], [], []
     for param in model.parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (no_decay if param.ndim <= 1 else decay_normalized if id(param) in normalized else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if normalized_weight_decay is not None:
+        groups.insert(1, {"params": decay_normalized, "weight_decay": normalized_weight_decay})
+    return groups
 
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -37,10 +83,14 @@ def build_optimizer(model: nn.Module, recipe: Mapping[str, Any], lr: float) -> t
     opt = recipe["optimizer"]
     if opt["name"] not in OPTIMIZERS:
         raise ValueError(f"recipe.optimizer.name={opt['name']!r} is not supported; valid: {list(OPTIMIZERS)}")
+    normalized = opt.get("normalized_weight_decay")
     if opt["name"] == "sgd":
+        if normalized is not None:
+            raise ValueError(f"recipe.optimizer.normalized_weight_decay={normalized!r} is an AdamW option; "
+                             "recipe.optimizer.name=sgd decays every parameter alike: set it to null")
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(opt["momentum"]),
                                weight_decay=float(opt["weight_decay"]))
-    groups = param_groups(model, float(opt["weight_decay"]))
+    groups = param_groups(model, float(opt["weight_decay"]), None if normalized is None else float(normalized))
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(opt["betas"]), eps=float(opt["eps"]))
 
 

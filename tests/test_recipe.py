@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import roadmap
 from roadmap import ladder
@@ -105,6 +105,31 @@ def test_no_weight_decay_on_biases_and_1d_parameters() -> None:
     gammas = [p for n, p in model.named_parameters() if n.endswith("gamma")]
     assert gammas and all(any(g is p for p in no_decay["params"]) for g in gammas)
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("step", ["resnet50", "separate_downsampling"])
+def test_normalized_weight_decay_goes_to_the_weights_a_norm_follows(step: str) -> None:
+    from roadmap.recipe import build_optimizer
+
+    model = roadmap.build_model(step, width_mult=0.25)
+    model.train()
+    stats = [b.clone() for b in model.buffers()]
+    if step == "resnet50":  # BatchNorm after every conv: all of them; the head is not normalized
+        expected = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    else:  # LayerNorm after the stem and each depthwise conv, not after the 1x1s or the downsampling convs
+        expected = [model.stem.conv.weight] + [b.conv1.weight for s in model.stages for b in s.blocks]
+        assert all(b.conv1.groups == b.conv1.in_channels for s in model.stages for b in s.blocks)
+    recipe = compose_run("recipe=proxy", "recipe.optimizer.normalized_weight_decay=2.0").recipe
+    recipe = OmegaConf.to_container(recipe)
+    decay, normalized, no_decay = build_optimizer(model, recipe, 1e-3).param_groups
+    assert [id(p) for p in normalized["params"]] == [id(p) for p in expected]
+    assert (decay["weight_decay"], normalized["weight_decay"], no_decay["weight_decay"]) == (0.05, 2.0, 0.0)
+    assert any(p is model.head.fc.weight for p in decay["params"]) and all(p.ndim > 1 for p in decay["params"])
+    assert sum(len(g["params"]) for g in (decay, normalized, no_decay)) == len(list(model.parameters()))
+    assert model.training and all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))  # the trace left no trace
+    recipe["optimizer"].update(name="sgd", momentum=0.9)
+    with pytest.raises(ValueError, match="recipe.optimizer.normalized_weight_decay=2.0 is an AdamW option"):
+        build_optimizer(model, recipe, 1e-3)
 
 
 def test_warmup_then_cosine_per_step() -> None:
