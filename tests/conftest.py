@@ -13,6 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"  # the one place tests name ../shared
 MINI_DATA = SHARED / "data" / "imagenette2-64-mini"
 SMOKE = ["experiment=smoke", f"data.root={MINI_DATA}"]  # a smoke run on the mini set
+# The least a rung can train: one epoch of one batch, validated on one batch.
+TINY = ["recipe.epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
 
 
 def pytest_configure() -> None:

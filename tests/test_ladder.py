@@ -21,10 +21,10 @@ from roadmap import report
 from roadmap.report import write_report
 from roadmap.run import RunConfigError, build_model, plan_run
 from roadmap.sweep import expand, plan_rungs, status_of
+from tests.conftest import TINY
 from tests.test_run import SMOKE, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["recipe.epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
 
 
 def test_a_step_override_on_the_command_line_takes_effect() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 import roadmap
 from roadmap.sweep import leave_one_out
-from tests.conftest import SMOKE
+from tests.conftest import SMOKE, TINY
 
 
 
@@ -30,7 +30,7 @@ def results(out: Path) -> dict[str, Path]:
 @pytest.mark.slow
 def test_sweep_survives_sigkill_and_trains_only_missing_rungs(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = ["+roadmap=all", *SMOKE, f"output_root={out}"]
+    args = ["+roadmap=all", *SMOKE, *TINY, f"output_root={out}"]
     proc = subprocess.Popen([sys.executable, "-m", "roadmap.sweep", *args], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
