@@ -77,17 +77,22 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("warmup_cosine", "step")
 
 
+def check_optimizer(opt: Mapping[str, Any]) -> None:
+    """A ValueError naming the key for an optimizer the recipe cannot build."""
+    if opt["name"] not in OPTIMIZERS:
+        raise ValueError(f"recipe.optimizer.name={opt['name']!r} is not supported; valid: {list(OPTIMIZERS)}")
+    if opt["name"] == "sgd" and opt.get("normalized_weight_decay") is not None:
+        raise ValueError(f"recipe.optimizer.normalized_weight_decay={opt['normalized_weight_decay']!r} is an AdamW "
+                         "option; recipe.optimizer.name=sgd decays every parameter alike: set it to null")
+
+
 def build_optimizer(model: nn.Module, recipe: Mapping[str, Any], lr: float) -> torch.optim.Optimizer:
     """AdamW without decay on 1-D parameters (the modern recipe), or SGD with momentum and weight
     decay on every parameter (torchvision's classic ResNet recipe)."""
     opt = recipe["optimizer"]
-    if opt["name"] not in OPTIMIZERS:
-        raise ValueError(f"recipe.optimizer.name={opt['name']!r} is not supported; valid: {list(OPTIMIZERS)}")
+    check_optimizer(opt)
     normalized = opt.get("normalized_weight_decay")
     if opt["name"] == "sgd":
-        if normalized is not None:
-            raise ValueError(f"recipe.optimizer.normalized_weight_decay={normalized!r} is an AdamW option; "
-                             "recipe.optimizer.name=sgd decays every parameter alike: set it to null")
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(opt["momentum"]),
                                weight_decay=float(opt["weight_decay"]))
     groups = param_groups(model, float(opt["weight_decay"]), None if normalized is None else float(normalized))

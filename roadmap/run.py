@@ -32,6 +32,7 @@ from roadmap.data import DataError, augment_on, decode_on
 from roadmap.ladder import LadderError, arch_config, conf_dir, rung_argv
 from roadmap.model import factory
 from roadmap.model.config import ArchConfig
+from roadmap.recipe import check_optimizer
 from roadmap.results import (
     CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE, acquire_lock, config_hash, git_commit, read_result,
     recorded_config_hash, release_lock, run_state, train_loss_sum, write_result,
@@ -60,6 +61,9 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 INTEGER_KEYS = {"recipe.epochs": 1, "recipe.global_batch": 1, "trainer.per_device_batch": 1, "trainer.devices": 1,
                 "trainer.num_nodes": 1, "data.image_size": 1, "data.num_classes": 1,
                 "seed": 0, "trainer.log_every_n_steps": 1, "trainer.check_val_every_n_epoch": 1}
+# Non-negative numbers; those marked True may be null.
+NUMBER_KEYS = {"recipe.optimizer.base_lr": False, "recipe.optimizer.weight_decay": False,
+               "recipe.optimizer.normalized_weight_decay": True}
 
 
 class RunConfigError(ValueError):
@@ -114,6 +118,19 @@ def _check_integers(cfg: DictConfig) -> None:
             raise RunConfigError(f"{key}={value!r} must be an integer >= {minimum}")
 
 
+def _check_numbers(cfg: DictConfig) -> None:
+    for key, nullable in NUMBER_KEYS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise RunConfigError(f"{key}={value!r} must be a number >= 0" + (" or null" if nullable else ""))
+    try:
+        check_optimizer(cfg.recipe.optimizer)
+    except ValueError as error:
+        raise RunConfigError(str(error)) from None
+
+
 def _mixing(cfg: DictConfig) -> bool:
     return float(cfg.recipe.augment.mixup) > 0 or float(cfg.recipe.augment.cutmix) > 0
 
@@ -136,6 +153,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     _resolve_auto_trainer(trainer)
     _resolve_auto_batch(cfg)
     _check_integers(cfg)
+    _check_numbers(cfg)
     if compile_mode(cfg) not in COMPILE_MODES:
         raise RunConfigError(f"trainer.compile_mode={compile_mode(cfg)!r} is not a torch.compile mode; valid: "
                              f"{list(COMPILE_MODES)}")
