@@ -109,6 +109,7 @@ COMMITTED = {  # each committed experiment and the sweep that recorded it
     "proxy_study": ["+roadmap=proxy_study", "experiment=imagenette_proxy", "experiment_name=proxy_study"],
     "imagenette64_proxy_v2": ["+roadmap=all", "experiment=imagenette_proxy_v2"],
     "imagenette64_proxy_v3": ["+roadmap=all", "experiment=imagenette_proxy_v3"],
+    "imagenette64_proxy_v4": ["+roadmap=all", "experiment=imagenette_proxy_v4"],
     "proxy_study_v2": ["+roadmap=proxy_study_v2", "experiment=imagenette_proxy_v2", "experiment_name=proxy_study_v2"],
 }
 
