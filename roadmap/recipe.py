@@ -27,7 +27,7 @@ def normalized_weights(model: nn.Module, image_size: int = 64) -> list[nn.Parame
     one forward pass (eval mode, hooks, a blank image batch). The normalization makes its input's
     scale irrelevant, so the decay of such a weight sets its effective learning rate."""
     produced: dict[int, tuple[nn.Module, torch.Tensor, int]] = {}
-    feeding: list[nn.Module] = []
+    feeding: set[nn.Module] = set()
 
     def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         # The tensor is kept so that its id stays its own; its version tells an in-place change
@@ -37,7 +37,7 @@ def normalized_weights(model: nn.Module, image_size: int = 64) -> list[nn.Parame
     def check(module: nn.Module, args: tuple) -> None:
         source = produced.get(id(args[0]))
         if source is not None and source[2] == args[0]._version:
-            feeding.append(source[0])
+            feeding.add(source[0])
 
     layers = [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
     hooks = [m.register_forward_hook(record) for m in layers]
@@ -53,7 +53,7 @@ def normalized_weights(model: nn.Module, image_size: int = 64) -> list[nn.Parame
             hook.remove()
         for module, training in modes.items():
             module.training = training
-    return [m.weight for m in layers if m in set(feeding)]
+    return [m.weight for m in layers if m in feeding]
 
 
 def param_groups(
