@@ -711,9 +711,9 @@ def start_cluster(
     ok, reason = slurm_available()
     if not ok:
         raise SlurmClusterError(reason)
-    install_slurm()
     workdir = Path(workdir).resolve()
     _acquire_lock(lock_timeout)
+    install_slurm()  # under the lock: two pytest workers' apt-get runs would race for apt's lock
 
     # stop leftovers: whatever the registry remembers, and anything in this workdir
     previous = _registry().get("workdir")
