@@ -111,6 +111,8 @@ COMMITTED = {  # each committed experiment and the sweep that recorded it
     "imagenette64_proxy_v3": ["+roadmap=all", "experiment=imagenette_proxy_v3"],
     "imagenette64_proxy_v4": ["+roadmap=all", "experiment=imagenette_proxy_v4"],
     "proxy_study_v2": ["+roadmap=proxy_study_v2", "experiment=imagenette_proxy_v2", "experiment_name=proxy_study_v2"],
+    "proxy_resolution": ["+roadmap=proxy_resolution", "experiment=imagenette_proxy_v2",
+                         "experiment_name=proxy_resolution"],
 }
 
 
