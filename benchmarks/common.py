@@ -44,7 +44,7 @@ def add_device_args(parser: argparse.ArgumentParser, compile_option: bool = True
         "descheduled sibling at every op (here 2 threads ran 2.7x slower than 1 beside a busy core)",
     )
     if compile_option:
-        from roadmap.run import COMPILE_MODES
+        from roadmap.plan import COMPILE_MODES
 
         parser.add_argument("--compile", action="store_true", help="torch.compile every model (as trainer.compile)")
         parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,

@@ -1,5 +1,5 @@
 """The cost of roadmap.run's Lightning loop: images/s of `roadmap.module.Classifier` under a
-`lightning.Trainer` configured as `roadmap.run.train()` configures it, against a bare PyTorch loop
+`lightning.Trainer` configured as `roadmap.training.train()` configures it, against a bare PyTorch loop
 doing the same work on the same model and the same in-memory batches.
 
     python benchmarks/loop_overhead.py                      # the default experiment's model (ConvNeXt-T rung, width 0.25, 64 px, batch 64)
@@ -53,7 +53,8 @@ import roadmap  # noqa: E402
 from roadmap.diagnostics import TrainingDynamics  # noqa: E402
 from roadmap.ladder import compose_run  # noqa: E402
 from roadmap.module import Classifier  # noqa: E402
-from roadmap.run import CUDA_GRAPH_MODES, RunPlan, build_model, build_trainer, plan_run, run_callbacks  # noqa: E402
+from roadmap.plan import CUDA_GRAPH_MODES, RunPlan, plan_run  # noqa: E402
+from roadmap.training import build_model, build_trainer, run_callbacks  # noqa: E402
 
 
 class Batches:
@@ -99,7 +100,7 @@ class LightningLoop:
         changes: dict[str, Any] = dict(
             devices=[self.device.index or 0] if self.device.type == "cuda" else 1, max_epochs=1,
             limit_train_batches=len(self.batches), limit_val_batches=0)
-        if self.as_run:  # roadmap.run.train()'s logger and callbacks, diagnostics every `diagnostics_every` batches
+        if self.as_run:  # roadmap.training.train()'s logger and callbacks, diagnostics every `diagnostics_every` batches
             _, callbacks = run_callbacks(self.plan, out)
             callbacks = [TrainingDynamics(self.diagnostics_every) if isinstance(c, TrainingDynamics) else c
                          for c in callbacks if self.diagnostics_every or not isinstance(c, TrainingDynamics)]

@@ -44,7 +44,7 @@ from common import (
 
 import roadmap  # noqa: E402  (common puts the checkout on sys.path)
 from roadmap.recipe import param_groups  # noqa: E402
-from roadmap.run import CUDA_GRAPH_MODES  # noqa: E402
+from roadmap.plan import CUDA_GRAPH_MODES  # noqa: E402
 
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 DEFAULT_BATCH = {224: 32, 64: 64}

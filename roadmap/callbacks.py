@@ -16,7 +16,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from roadmap.diagnostics import PREFIX as DYNAMICS_PREFIX
-from roadmap.results import CONFIG_FILE, METRICS_FILE, read_history, refresh_lock, write_atomic
+from roadmap.results import write_atomic
+from roadmap.rundir import CONFIG_FILE, METRICS_FILE, read_history, refresh_lock
 
 log = logging.getLogger("roadmap.run")
 

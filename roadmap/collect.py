@@ -15,7 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from roadmap.ladder import LadderError, conf_dir, list_steps, load_regime
 from roadmap.reference import paper_ladder
-from roadmap.results import RESULT_FIELDS, RESULT_FILE, list_runs, read_history, read_result, train_loss_sum
+from roadmap.results import RESULT_FIELDS, train_loss_sum
+from roadmap.rundir import (
+    RESULT_FILE, RESULTS_CSV, RESULTS_PARQUET, SUMMARY_CSV, experiment_dir, list_runs, read_history, read_result,
+)
 
 PAPER_COLUMNS = ["paper_top1", "paper_top1_std", "paper_gflops"]
 PAPER_ROWS = ["regime", "order", "step", "title", "adopted", *PAPER_COLUMNS]
@@ -48,11 +51,11 @@ def paper_table(regime: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PAPER_ROWS).astype({c: float for c in PAPER_COLUMNS})
 
 
-def load_results(experiment_dir: Path) -> pd.DataFrame:
+def load_results(folder: Path) -> pd.DataFrame:
     """Every run's result.json (`results.list_runs`), paper numbers joined. A run recorded before
     result.json had `train_loss_sum` gets it from its metrics.csv, as the run computes it."""
     rows = []
-    for run in list_runs(experiment_dir):
+    for run in list_runs(folder):
         row = read_result(run.path)
         if row is not None:
             row["train_loss_sum"] = row.get("train_loss_sum") or train_loss_sum(read_history(run.path))
@@ -89,27 +92,27 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    results = load_results(experiment_dir)
+def collect(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    results = load_results(folder)
     if results.empty:
-        raise FileNotFoundError(f"no {RESULT_FILE} under {experiment_dir}/<regime>/<rung>/seed<k>/")
+        raise FileNotFoundError(f"no {RESULT_FILE} in the run directories under {folder}")
     summary = summarize(results)
-    results.to_csv(experiment_dir / "results.csv", index=False)
-    results.to_parquet(experiment_dir / "results.parquet", index=False)
-    summary.to_csv(experiment_dir / "summary.csv", index=False)
+    results.to_csv(folder / RESULTS_CSV, index=False)
+    results.to_parquet(folder / RESULTS_PARQUET, index=False)
+    summary.to_csv(folder / SUMMARY_CSV, index=False)
     return results, summary
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="collect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    experiment_dir = Path(cfg.output_root) / cfg.experiment_name
+    folder = experiment_dir(cfg.output_root, cfg.experiment_name)
     try:
-        results, summary = collect(experiment_dir)
+        results, summary = collect(folder)
     except (FileNotFoundError, ValueError) as error:  # ValueError: an invalid result.json, named
         print(f"roadmap.collect: error: {error}", file=sys.stderr)
         sys.exit(2)
     print(summary.drop(columns=["order"]).to_string(index=False))
-    print(f"{len(results)} runs -> {experiment_dir / 'results.csv'}, results.parquet, summary.csv")
+    print(f"{len(results)} runs -> {folder / RESULTS_CSV}, {RESULTS_PARQUET}, {SUMMARY_CSV}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def complexity_table(regime: str, overrides: dict | None = None, image_size: int
 
 @hydra.main(config_path=str(conf_dir()), config_name="inspect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from roadmap.run import RunConfigError, plan_run
+    from roadmap.plan import RunConfigError, plan_run
 
     try:
         if cfg.step is None and cfg.deltas is None:

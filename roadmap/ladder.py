@@ -27,19 +27,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from roadmap.model import factory
 from roadmap.model.config import ArchConfig, ArchConfigError
+from roadmap import rundir  # noqa: F401 - registers the run_dir / experiment_dir resolvers the configs use
 
 
 class LadderError(ValueError):
     """An unknown regime, step or delta, or a bad builder field or override."""
-
-
-def rung_dir(step: str, variant: str | None = None) -> str:
-    """A rung's directory name: the step, or `<step>-<variant>` for a named variant."""
-    return step if variant in (None, "", "null") else f"{step}-{variant}"
-
-
-if not OmegaConf.has_resolver("rung_dir"):
-    OmegaConf.register_new_resolver("rung_dir", rung_dir)
 
 
 def conf_dir() -> Path:

@@ -25,7 +25,9 @@ from omegaconf import DictConfig
 
 from roadmap.collect import PAPER_COLUMNS, collect, ladder_order, load_results, paper_table, summarize
 from roadmap.ladder import LadderError, conf_dir, list_steps, load_regime, step_chain
-from roadmap.results import RESULT_FIELDS, RESULT_FILE, list_runs, read_history
+from roadmap.results import RESULT_FIELDS
+from roadmap import rundir
+from roadmap.rundir import REPORT_DIR, RESULT_FILE, RESULTS_CSV, experiments_with, list_runs, read_history
 from roadmap.statistics import beyond_noise, difference_se, gain_agreement, ordered_pairs, seed_spread, spearman
 
 FIGURES = ("ladder", "top1_vs_gmacs", "top1_vs_throughput", "curves", "dynamics")
@@ -99,7 +101,7 @@ def load_report_data(experiment_dir: str | Path, write_collect: bool = False) ->
     older version) or it is absent: then the run directories are collected again, in memory, or
     with `write_collect` through `roadmap.collect.collect`, which rewrites results.csv and summary.csv."""
     experiment_dir = Path(experiment_dir)
-    table = experiment_dir / "results.csv"
+    table = experiment_dir / RESULTS_CSV
     records = [run.path / RESULT_FILE for run in list_runs(experiment_dir) if (run.path / RESULT_FILE).is_file()]
     stale = bool(records) and (
         not table.is_file() or max(p.stat().st_mtime for p in records) > table.stat().st_mtime
@@ -635,7 +637,7 @@ def write_report(experiment_dir: str | Path, report_dir: str | Path | None = Non
     if control_dir is not None:
         data.control = load_report_data(control_dir)
     data.compared = [load_report_data(d) for d in compare_dirs]
-    report_dir = Path(report_dir) if report_dir is not None else data.experiment_dir / "report"
+    report_dir = Path(report_dir) if report_dir is not None else data.experiment_dir / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for stem, fig in report_figures(data).items():
@@ -647,9 +649,9 @@ def write_report(experiment_dir: str | Path, report_dir: str | Path | None = Non
 
 def _other_experiment(output_root: str, key: str, name: str) -> Path:
     """The experiment folder `name` under output_root, which must hold a results.csv (else exit 2)."""
-    folder = Path(output_root) / name
-    if not (folder / "results.csv").is_file():
-        found = sorted(p.parent.name for p in Path(output_root).glob("*/results.csv"))
+    folder = rundir.experiment_dir(output_root, name)
+    if not (folder / RESULTS_CSV).is_file():
+        found = experiments_with(output_root, RESULTS_CSV)
         print(f"roadmap.report: error: {key}={name}: no results.csv in {folder}; experiments with one: "
               f"{', '.join(found) or 'none'}", file=sys.stderr)
         sys.exit(2)
@@ -658,8 +660,8 @@ def _other_experiment(output_root: str, key: str, name: str) -> Path:
 
 @hydra.main(config_path=str(conf_dir()), config_name="report", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    experiment_dir = Path(cfg.output_root) / cfg.experiment_name
-    if not list_runs(experiment_dir) and not (experiment_dir / "results.csv").is_file():
+    experiment_dir = rundir.experiment_dir(cfg.output_root, cfg.experiment_name)
+    if not list_runs(experiment_dir) and not (experiment_dir / RESULTS_CSV).is_file():
         print(f"roadmap.report: warning: no runs under {experiment_dir}: the paper's numbers alone", file=sys.stderr)
     control = _other_experiment(cfg.output_root, "control", cfg.control) if cfg.control else None
     compared = [_other_experiment(cfg.output_root, "compare", name) for name in cfg.compare]

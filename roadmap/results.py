@@ -1,6 +1,6 @@
-"""The run record and the run directory's one contract: result.json's fields (one schema for run,
-collect and report), atomic writes, the config hash that decides whether a directory holds "the
-same run", where runs live (`list_runs`) and what state one is in (`run_state`)."""
+"""The run record: result.json's fields (one schema for run, collect and report), the config hash
+that decides whether a directory holds "the same run", the metrics history, atomic writes. Where
+these files live is `roadmap.rundir`'s."""
 from __future__ import annotations
 
 import csv
@@ -10,19 +10,10 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-
-from roadmap.model.factory import BUILDER
-
-RESULT_FILE = "result.json"
-CONFIG_FILE = "config.yaml"
-CHECKPOINT_FILE = "last.ckpt"
-METRICS_FILE = "metrics.csv"
-JOB_FILE = "slurm_job.json"  # the SLURM job of a rung submitted by launcher=slurm
 
 # Every result.json has these fields (None where a failed run has no value).
 RESULT_FIELDS = [
@@ -49,7 +40,7 @@ UNHASHED_KEYS = ["output_root", "output_dir", "force", "logger", "data.root", "d
 # Keys added after runs were recorded, with the value every earlier run had: a key holding that
 # value hashes as absent, so the recorded runs keep their hashes (model._target_: the builder).
 LEGACY_VALUES = {"model.init": "trunc_normal", "recipe.init": "trunc_normal", "model.head_init_scale": 1.0,
-                 "model._target_": BUILDER}
+                 "model._target_": "roadmap.model.net.build_net"}
 
 
 def _pop_dotted(container: dict[str, Any], dotted: str, only_if: Any = ...) -> None:
@@ -94,24 +85,10 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def recorded_config_hash(out_dir: Path) -> str | None:
-    """The config hash of the run recorded in out_dir, recomputed from its config.yaml under the
-    current rules (so a key later declared unhashed, such as trainer.channels_last, does not turn
-    recorded runs into conflicts); the stored hash where there is no config.yaml; None if empty."""
-    config_path = out_dir / CONFIG_FILE
-    if config_path.is_file():
-        recorded = OmegaConf.load(config_path)
-        stored = recorded.pop("config_hash", None)
-        return config_hash(recorded) if len(recorded) else stored
-    result = read_result(out_dir)
-    return None if result is None else result.get("config_hash")
-
-
-def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's metrics.csv, one row per epoch in order (across attempts: a rerun epoch keeps its
+def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
+    """A run's metrics.csv, one row per epoch in order (across attempts: a rerun epoch keeps its
     last row), values as floats (None where empty); [] when there is none yet."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
+    if not Path(path).is_file():
         return []
     by_epoch: dict[int, dict[str, Any]] = {}
     with open(path, newline="") as f:
@@ -149,28 +126,6 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         raise
 
 
-def write_result(out_dir: Path, record: dict[str, Any]) -> None:
-    if record.get("status") == "completed" and record.get("top1") is None:
-        raise ValueError(f"refusing to record {out_dir} as completed without a top-1 accuracy")
-    full = {name: record.get(name) for name in RESULT_FIELDS}
-    full.update({k: v for k, v in record.items() if k not in full})
-    write_atomic(out_dir / RESULT_FILE, json.dumps(full, indent=2) + "\n")
-
-
-def read_result(out_dir: Path) -> dict[str, Any] | None:
-    """result.json of out_dir, None if absent; ValueError naming the file if it is not a result."""
-    path = out_dir / RESULT_FILE
-    if not path.is_file():
-        return None
-    try:
-        result = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); move it away to rerun this run") from error
-    if not isinstance(result, dict) or "status" not in result:
-        raise ValueError(f"{path} is not a run result (a JSON object with a status); move it away to rerun this run")
-    return result
-
-
 def git_commit() -> str:
     repo = Path(__file__).resolve().parents[1]
     try:
@@ -183,138 +138,3 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
-
-
-LOCK_FILE = "running.json"
-LOCK_STALE_S = 600  # a lock from another host that has not been refreshed this long is stale
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def lock_holder(out_dir: Path) -> dict[str, Any] | None:
-    """The live process that holds the run's lock, or None (no lock, or a dead/stale one)."""
-    import platform
-    import time
-
-    path = out_dir / LOCK_FILE
-    try:
-        holder = json.loads(path.read_text())
-        age = time.time() - path.stat().st_mtime
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    if holder.get("host") == platform.node():
-        return holder if _pid_alive(int(holder.get("pid", -1))) else None
-    return holder if age < LOCK_STALE_S else None
-
-
-def acquire_lock(out_dir: Path) -> None:
-    """Mark the run as running; refuse if another live process runs it (a requeued SLURM job
-    takes over its own earlier lock)."""
-    import platform
-    import time
-
-    holder = lock_holder(out_dir)
-    job = os.environ.get("SLURM_JOB_ID")
-    if holder is not None and holder.get("pid") != os.getpid() and not (job and holder.get("slurm_job_id") == job):
-        raise RuntimeError(
-            f"{out_dir} is already being trained by pid {holder.get('pid')} on {holder.get('host')} "
-            f"(since {holder.get('started')}); wait for it or stop it"
-        )
-    record = {"pid": os.getpid(), "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "slurm_job_id": job}
-    write_atomic(out_dir / LOCK_FILE, json.dumps(record) + "\n")
-
-
-def refresh_lock(out_dir: Path) -> None:
-    path = out_dir / LOCK_FILE
-    if path.is_file():
-        os.utime(path)
-
-
-def release_lock(out_dir: Path) -> None:
-    (out_dir / LOCK_FILE).unlink(missing_ok=True)
-
-
-@dataclass(frozen=True)
-class RunDir:
-    """One run directory, <experiment>/<regime>/<rung>/seed<k>/ (`rung` = train.yaml's
-    `${rung_dir:${step},${variant}}`); its identity is read from its config.yaml or result.json,
-    the directory's names only where neither is there yet."""
-
-    regime: str
-    rung: str
-    step: str
-    variant: str | None
-    seed: int
-    path: Path
-
-
-def list_runs(experiment_dir: Path) -> list[RunDir]:
-    """Every run directory under experiment_dir that holds a config, a result or metrics, sorted by path."""
-    runs = []
-    for path in sorted(Path(experiment_dir).glob("*/*/seed*")):
-        if not any((path / name).is_file() for name in (CONFIG_FILE, RESULT_FILE, METRICS_FILE)):
-            continue
-        identity = _identity(path)
-        step, _, variant = path.parent.name.partition("-")
-        runs.append(RunDir(
-            regime=str(identity.get("regime") or path.parent.parent.name), rung=path.parent.name,
-            step=str(identity.get("step") or step), variant=identity.get("variant", variant) or None,
-            seed=int(identity.get("seed", path.name.removeprefix("seed"))), path=path,
-        ))
-    return runs
-
-
-def _identity(path: Path) -> dict[str, Any]:
-    try:
-        result = read_result(path)
-    except ValueError:
-        result = None
-    if result is not None:
-        return result
-    if (path / CONFIG_FILE).is_file():
-        config = OmegaConf.load(path / CONFIG_FILE)
-        return {"regime": OmegaConf.select(config, "regime.name"), "step": config.get("step"),
-                "variant": config.get("variant"), "seed": config.get("seed")}
-    return {}
-
-
-def run_state(out_dir: Path, expected_hash: str) -> str:
-    """done | failed | running | queued (its SLURM job waits) | interrupted (stopped by a signal, or
-    has last.ckpt) | pending | conflict (it holds a run of another config than `expected_hash`)."""
-    try:
-        result = read_result(out_dir)
-        recorded = recorded_config_hash(out_dir)
-    except ValueError:
-        return "failed"
-    if recorded is not None and recorded != expected_hash:
-        return "conflict"
-    if lock_holder(out_dir) is not None:
-        return "running"
-    if result is not None and result.get("status") != "interrupted":
-        return "done" if result.get("status") == "completed" else "failed"
-    if queued_job(out_dir) is not None:
-        return "queued"
-    return "interrupted" if (out_dir / CHECKPOINT_FILE).is_file() else "pending"
-
-
-def queued_job(out_dir: Path) -> str | None:
-    """The id of the rung's SLURM job while it waits in the queue (squeue: PENDING, CONFIGURING,
-    REQUEUED), else None (no job file, no squeue, or the job is running or gone)."""
-    path = out_dir / JOB_FILE
-    if not path.is_file():
-        return None
-    job_id = str(json.loads(path.read_text())["job_id"])
-    try:
-        squeue = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return job_id if squeue.stdout.strip().startswith(("PENDING", "CONFIGURING", "REQUEUE")) else None

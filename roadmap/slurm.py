@@ -8,7 +8,6 @@ last.ckpt in its deterministic output directory.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -20,7 +19,7 @@ from typing import Any
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
-from roadmap.results import JOB_FILE
+from roadmap.rundir import RESULT_FILE, read_result, record_job
 
 log = logging.getLogger("roadmap.slurm")
 
@@ -84,8 +83,6 @@ FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", 
 def _finished(rung: Any, job: submitit.Job, submitted: float) -> bool:
     """The rung wrote its result.json after submission, or its job ended for good. submitit's
     `done()` alone is not enough: a requeued job passes through states it counts as done."""
-    from roadmap.results import RESULT_FILE, read_result
-
     result = rung.out_dir / RESULT_FILE
     if result.is_file() and result.stat().st_mtime >= submitted and read_result(rung.out_dir)["status"] != "interrupted":
         return True  # an interrupted run (preempted, requeued) goes on
@@ -94,15 +91,12 @@ def _finished(rung: Any, job: submitit.Job, submitted: float) -> bool:
 
 def launch_slurm(rungs: list[Any], passed_on: list[str], cfg: DictConfig) -> dict[str, int]:
     """Submit one job per rung; with launcher.wait, wait for all and return {label: 0 or 1}."""
-    from roadmap.results import read_result
-
     executor = executor_for(cfg)
     jobs = {}
     for rung in rungs:
         executor.update_parameters(name=f"roadmap:{rung.label}")
         job = executor.submit(RungJob(rung.command(passed_on), os.getcwd()))
-        rung.out_dir.mkdir(parents=True, exist_ok=True)
-        (rung.out_dir / JOB_FILE).write_text(json.dumps({"job_id": job.job_id, "submitted": time.time()}) + "\n")
+        record_job(rung.out_dir, job.job_id)
         log.info("submitted %s as SLURM job %s", rung.label, job.job_id)
         jobs[rung.label] = (rung, job)
     if not cfg.launcher.wait:

@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from roadmap.ladder import LadderError, conf_dir
-from roadmap.sweep import SweepError, expand, passed_on_overrides, plan_rungs, status_table
+from roadmap.preset import SweepError, expand, passed_on_overrides, plan_rungs, status_table
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="status", version_base="1.3")

@@ -11,6 +11,8 @@ from urllib.parse import urlparse
 
 from omegaconf import OmegaConf
 
+from roadmap.rundir import run_name
+
 WANDB_HOST = "api.wandb.ai"
 
 
@@ -49,7 +51,7 @@ def build_wandb_logger(plan: Any) -> Any:
     return WandbLogger(
         project=cfg.logger.project,
         entity=cfg.logger.entity,
-        name=f"{cfg.experiment_name}/{cfg.regime.name}/{cfg.step}/seed{cfg.seed}",
+        name=run_name(cfg.experiment_name, cfg.regime.name, cfg.step, cfg.variant, int(cfg.seed)),
         id=run_id,
         resume="allow",
         save_dir=str(plan.out_dir),

@@ -19,8 +19,9 @@ from roadmap import ladder
 from roadmap.collect import collect, paper_table
 from roadmap import report
 from roadmap.report import write_report
-from roadmap.run import RunConfigError, build_model, plan_run
-from roadmap.sweep import expand, plan_rungs, status_of
+from roadmap.plan import RunConfigError, plan_run
+from roadmap.training import build_model
+from roadmap.preset import expand, plan_rungs, status_of
 from tests.conftest import TINY
 from tests.test_run import SMOKE, run_cli
 

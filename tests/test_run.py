@@ -100,7 +100,7 @@ def test_epochs_without_validation_have_empty_val_columns(tmp_path: Path) -> Non
 ])
 def test_per_device_batch_auto_comes_from_the_device(monkeypatch: pytest.MonkeyPatch, cuda, overrides, per_device,
                                                      accumulate) -> None:
-    from roadmap.run import plan_run
+    from roadmap.plan import plan_run
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -111,7 +111,7 @@ def test_per_device_batch_auto_comes_from_the_device(monkeypatch: pytest.MonkeyP
 
 @pytest.mark.parametrize("kind", ["cpu", "gpu"])
 def test_per_device_batch_auto_ceiling_is_the_trainer_presets(kind: str) -> None:
-    from roadmap.run import AUTO_PER_DEVICE_BATCH
+    from roadmap.plan import AUTO_PER_DEVICE_BATCH
 
     assert compose_run(f"trainer={kind}").trainer.per_device_batch == AUTO_PER_DEVICE_BATCH[kind]
 
@@ -119,7 +119,8 @@ def test_per_device_batch_auto_ceiling_is_the_trainer_presets(kind: str) -> None
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_compile_mode_reaches_torch_compile_out_of_the_hash(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     from roadmap.module import Classifier
-    from roadmap.run import build_parts, plan_run
+    from roadmap.plan import plan_run
+    from roadmap.training import build_parts
 
     modes: list[str] = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: modes.append(kwargs["mode"]))

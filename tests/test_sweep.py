@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import roadmap
-from roadmap.sweep import leave_one_out
+from roadmap.preset import leave_one_out
 from tests.conftest import SMOKE, TINY
 
 
@@ -168,8 +168,8 @@ def test_local_parallel_runs_rungs_side_by_side(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("squeue_says", "expected"), [("PENDING", "queued"), ("RUNNING", "pending"), ("", "pending")])
 def test_status_shows_slurm_jobs_waiting_in_the_queue(tmp_path: Path, monkeypatch, squeue_says, expected) -> None:
     """A submitted job that has not started yet (no lock, no result) is `queued`, asked of squeue."""
-    from roadmap.results import JOB_FILE
-    from roadmap.sweep import Rung, status_of
+    from roadmap.rundir import JOB_FILE
+    from roadmap.preset import Rung, status_of
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -189,7 +189,7 @@ def test_status_shows_slurm_jobs_waiting_in_the_queue(tmp_path: Path, monkeypatc
     (3, 1, 3, ["0", "0", "0"]),
 ])
 def test_runs_per_device_share_each_device_group(slots, devices_per_run, runs_per_device, expected) -> None:
-    from roadmap.sweep import visible_devices
+    from roadmap.launch import visible_devices
 
     assert [visible_devices(k, devices_per_run, runs_per_device) for k in range(slots)] == expected
 
@@ -198,7 +198,7 @@ def test_local_parallel_starts_runs_per_device_runs_on_each_gpu(tmp_path: Path, 
     """launcher.max_parallel=4 runs_per_device=2 on two (simulated) GPUs: four rungs at once, two per GPU."""
     from omegaconf import OmegaConf
 
-    from roadmap import sweep
+    from roadmap import launch, preset
 
     started: list[str] = []
     ended: list[int] = []  # how many had started when each ended
@@ -216,17 +216,17 @@ def test_local_parallel_starts_runs_per_device_runs_on_each_gpu(tmp_path: Path, 
             return 0
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(sweep, "_gpu_count", lambda: 2)
-    monkeypatch.setattr(sweep.subprocess, "Popen", Child)
-    monkeypatch.setattr(sweep.time, "sleep", lambda _: None)
+    monkeypatch.setattr(launch, "_gpu_count", lambda: 2)
+    monkeypatch.setattr(launch.subprocess, "Popen", Child)
+    monkeypatch.setattr(launch.time, "sleep", lambda _: None)
     steps = ("gelu", "layer_norm", "kernel_7", "width_96")
-    rungs = [sweep.Rung(step, 0, "r50", out_dir=tmp_path / step) for step in steps]
+    rungs = [preset.Rung(step, 0, "r50", out_dir=tmp_path / step) for step in steps]
     launcher = OmegaConf.create({"name": "local_parallel", "max_parallel": 4, "devices_per_run": 1,
                                  "runs_per_device": 2})
-    codes = sweep.launch_local(rungs, [], launcher, trainer_devices=1)
+    codes = launch.launch_local(rungs, [], launcher, trainer_devices=1)
     assert sorted(started) == ["0", "0", "1", "1"] and ended[0] == 4 and set(codes.values()) == {0}
-    with pytest.raises(sweep.SweepError, match="launcher.runs_per_device=0 must be an integer >= 1"):
-        sweep.launch_local(rungs, [], OmegaConf.merge(launcher, {"runs_per_device": 0}), trainer_devices=1)
+    with pytest.raises(preset.SweepError, match="launcher.runs_per_device=0 must be an integer >= 1"):
+        launch.launch_local(rungs, [], OmegaConf.merge(launcher, {"runs_per_device": 0}), trainer_devices=1)
 
 
 def test_a_rung_taken_by_another_sweep_meanwhile_is_skipped(tmp_path: Path, monkeypatch) -> None:
@@ -236,8 +236,8 @@ def test_a_rung_taken_by_another_sweep_meanwhile_is_skipped(tmp_path: Path, monk
 
     from omegaconf import OmegaConf
 
-    from roadmap import sweep
-    from roadmap.results import LOCK_FILE
+    from roadmap import launch, preset
+    from roadmap.rundir import LOCK_FILE
 
     started: list[str] = []
 
@@ -252,9 +252,9 @@ def test_a_rung_taken_by_another_sweep_meanwhile_is_skipped(tmp_path: Path, monk
         def poll(self) -> int:
             return 0
 
-    monkeypatch.setattr(sweep.subprocess, "Popen", Child)
-    monkeypatch.setattr(sweep.time, "sleep", lambda _: None)
-    rungs = [sweep.Rung(step, 0, "r50", out_dir=tmp_path / step) for step in ("gelu", "kernel_7", "width_96")]
-    codes = sweep.launch_local(rungs, [], OmegaConf.create({"name": "local"}), trainer_devices=1)
+    monkeypatch.setattr(launch.subprocess, "Popen", Child)
+    monkeypatch.setattr(launch.time, "sleep", lambda _: None)
+    rungs = [preset.Rung(step, 0, "r50", out_dir=tmp_path / step) for step in ("gelu", "kernel_7", "width_96")]
+    codes = launch.launch_local(rungs, [], OmegaConf.create({"name": "local"}), trainer_devices=1)
     assert started == ["gelu", "width_96"]
     assert set(codes) == {"r50/gelu/seed0", "r50/width_96/seed0"}

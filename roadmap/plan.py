@@ -1,0 +1,151 @@
+"""A run's plan: its config resolved (trainer "auto"s filled in), checked before anything is
+written, and the values derived from it (devices, accumulation, config hash). Every command that
+needs to know what a run would do (run, sweep, status, inspect) asks `plan_run`."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from roadmap.ladder import LadderError, arch_config
+from roadmap.model import factory
+from roadmap.model.config import ArchConfig
+from roadmap.recipe import check_optimizer
+from roadmap.results import config_hash
+
+# trainer.per_device_batch=auto's ceiling per device kind: conf/trainer/gpu.yaml's and cpu.yaml's
+# per_device_batch (tests/test_run.py checks they agree).
+AUTO_PER_DEVICE_BATCH = {"gpu": 128, "cpu": 64}
+# torch.compile's modes (trainer.compile_mode); those that capture CUDA graphs on a GPU.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+# Integer keys and their smallest valid value (data.image_size is checked against the rung's stride).
+INTEGER_KEYS = {"recipe.epochs": 1, "recipe.global_batch": 1, "trainer.per_device_batch": 1, "trainer.devices": 1,
+                "trainer.num_nodes": 1, "data.image_size": 1, "data.num_classes": 1,
+                "seed": 0, "trainer.log_every_n_steps": 1, "trainer.check_val_every_n_epoch": 1}
+# Non-negative numbers; those marked True may be null.
+NUMBER_KEYS = {"recipe.optimizer.base_lr": False, "recipe.optimizer.weight_decay": False,
+               "recipe.optimizer.normalized_weight_decay": True}
+
+
+class RunConfigError(ValueError):
+    """The run's configuration cannot work (names the key, the value and what is valid)."""
+
+
+@dataclass
+class RunPlan:
+    cfg: DictConfig  # resolved; `model` holds the rung's full ArchConfig (builder), trainer "auto"s are filled in
+    arch: ArchConfig | None  # None: the regime's model comes from another factory (`model._target_`)
+    out_dir: Path
+    devices: int
+    accumulate: int
+    config_hash: str
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.cfg.model.get("num_classes", self.cfg.data.num_classes))
+
+
+def _resolve_auto_trainer(trainer: DictConfig) -> None:
+    cuda = torch.cuda.is_available()
+    if trainer.accelerator == "auto":
+        trainer.accelerator = "gpu" if cuda else "cpu"
+    if trainer.precision == "auto":
+        trainer.precision = "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
+    if trainer.devices == "auto":
+        trainer.devices = torch.cuda.device_count() if trainer.accelerator == "gpu" else 1
+
+
+def _resolve_auto_batch(cfg: DictConfig) -> None:
+    """trainer.per_device_batch=auto (trainer=auto's default): the largest batch that divides the
+    global batch, up to what trainer=gpu / trainer=cpu set (a small model fills a GPU only with
+    large batches; a CPU gains nothing beyond 64). A preset or the command line may set it instead."""
+    trainer = cfg.trainer
+    if trainer.per_device_batch != "auto":
+        return
+    limit = AUTO_PER_DEVICE_BATCH["gpu" if trainer.accelerator == "gpu" else "cpu"]
+    valid = valid_per_device_batches(int(cfg.recipe.global_batch), int(trainer.devices) * int(trainer.num_nodes))
+    fits = [b for b in valid if b <= limit and (b % 2 == 0 or not mixing(cfg))]
+    trainer.per_device_batch = max(fits, default=valid[0] if valid else 1)  # plan_run names a bad global batch
+
+
+def _check_integers(cfg: DictConfig) -> None:
+    for key, minimum in INTEGER_KEYS.items():
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise RunConfigError(f"{key}={value!r} must be an integer >= {minimum}")
+
+
+def _check_numbers(cfg: DictConfig) -> None:
+    for key, nullable in NUMBER_KEYS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise RunConfigError(f"{key}={value!r} must be a number >= 0" + (" or null" if nullable else ""))
+    try:
+        check_optimizer(cfg.recipe.optimizer)
+    except ValueError as error:
+        raise RunConfigError(str(error)) from None
+
+
+def mixing(cfg: DictConfig) -> bool:
+    return float(cfg.recipe.augment.mixup) > 0 or float(cfg.recipe.augment.cutmix) > 0
+
+
+def compile_mode(cfg: DictConfig) -> str:
+    """trainer.compile_mode (torch.compile's `mode` under trainer.compile=true); runs recorded before it existed: default."""
+    return str(cfg.trainer.get("compile_mode", "default"))
+
+
+def valid_per_device_batches(global_batch: int, devices: int) -> list[int]:
+    """The per-device batches that divide the global batch over `devices` (x nodes) devices."""
+    return [b for b in range(1, global_batch // devices + 1) if global_batch % (b * devices) == 0]
+
+
+def plan_run(cfg: DictConfig) -> RunPlan:
+    """Resolve and check a run's config (composed with its deltas: `ladder.compose_run`, or
+    `roadmap.run`'s command line) without touching the disk."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    trainer = cfg.trainer
+    _resolve_auto_trainer(trainer)
+    _resolve_auto_batch(cfg)
+    _check_integers(cfg)
+    _check_numbers(cfg)
+    if compile_mode(cfg) not in COMPILE_MODES:
+        raise RunConfigError(f"trainer.compile_mode={compile_mode(cfg)!r} is not a torch.compile mode; valid: "
+                             f"{list(COMPILE_MODES)}")
+    arch = _check_model(cfg)
+    devices, nodes = int(trainer.devices), int(trainer.num_nodes)
+    per_device, global_batch = int(trainer.per_device_batch), int(cfg.recipe.global_batch)
+    per_step = per_device * devices * nodes
+    if global_batch % per_step:
+        raise RunConfigError(
+            f"recipe.global_batch={global_batch} is not a multiple of trainer.per_device_batch={per_device} x "
+            f"trainer.devices={devices} x trainer.num_nodes={nodes} = {per_step}; valid per_device_batch "
+            f"values here: {valid_per_device_batches(global_batch, devices * nodes)[-8:]}"
+        )
+    if mixing(cfg) and per_device % 2:
+        raise RunConfigError(f"trainer.per_device_batch={per_device} must be even with MixUp/CutMix (timm pairs images)")
+    if arch is not None:
+        cfg.model = {"_target_": factory.BUILDER, **asdict(arch)}  # every builder field, as the builder reads it
+    return RunPlan(cfg, arch, Path(cfg.output_dir), devices, global_batch // per_step, config_hash(cfg))
+
+
+def _check_model(cfg: DictConfig) -> ArchConfig | None:
+    """The rung's ArchConfig, checked against the image size; None for another factory (only found
+    here: its arguments are checked when `build_parts` calls it, before anything is written)."""
+    try:
+        if not factory.is_builder(cfg.model):
+            factory.check(cfg.model)
+            return None
+        arch = arch_config(cfg.model, f"rung {cfg.regime.name}/{cfg.step}")
+    except (LadderError, factory.FactoryError) as error:
+        raise RunConfigError(str(error)) from error
+    stride = 4 * 2 ** (len(arch.depths) - 1)  # the stem's 4, then 2 per later stage
+    if cfg.data.image_size < stride:
+        raise RunConfigError(f"data.image_size={cfg.data.image_size} is smaller than the rung's total stride "
+                             f"{stride} (its last stage would have no pixels); use data.image_size >= {stride}")
+    return arch

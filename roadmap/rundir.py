@@ -1,0 +1,382 @@
+"""The run directory, the one owner of where runs live and what their folders hold.
+
+A run lives in `<output_root>/<experiment>/<regime>/<rung>/seed<k>/`, where `<rung>` is the step,
+or `<step>-<variant>` for a named variant (`run_dir`); an experiment's folder also holds its
+tables (`results.csv`, …), its `report/` and the sweep's log. This module names every file, lists
+the runs of an experiment, tells a run's state, holds its lock, and runs one attempt's lifecycle
+(`Attempt`: check, snapshot, lock and run.log, result, promote, restore). No other module builds or
+globs a run path: commands, the sweep, collect, report and the W&B run name ask it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from roadmap.results import RESULT_FIELDS, config_hash, read_metrics_csv, write_atomic
+
+# A run's files.
+CONFIG_FILE = "config.yaml"
+RESULT_FILE = "result.json"
+CHECKPOINT_FILE = "last.ckpt"
+METRICS_FILE = "metrics.csv"
+PREVIOUS_METRICS_FILE = "previous_metrics.csv"  # a completed forced rerun keeps the old curve here
+RUN_LOG = "run.log"
+STDOUT_LOG = "stdout.log"  # the sweep's capture of a rung's output
+LOGS_DIR = "logs"  # Lightning's CSV logger, one version per attempt
+LOCK_FILE = "running.json"
+JOB_FILE = "slurm_job.json"  # the SLURM job of a rung submitted by launcher=slurm
+RERUN_DIR = "rerun"  # a forced rerun of a completed run trains here; its files replace the old ones once it completes
+
+# An experiment's files.
+RESULTS_CSV = "results.csv"
+RESULTS_PARQUET = "results.parquet"
+SUMMARY_CSV = "summary.csv"
+REPORT_DIR = "report"
+SLURM_DIR = "slurm"  # submitit's logs and pickles
+
+LOCK_STALE_S = 600  # a lock from another host that has not been refreshed this long is stale
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's, as on the console
+
+
+class RunDirError(ValueError):
+    """A run directory that holds something else than this run (names the directory and what to do)."""
+
+
+# ---- the layout ---------------------------------------------------------------------------------
+
+def rung_dir(step: str, variant: str | None = None) -> str:
+    """A rung's directory name: the step, or `<step>-<variant>` for a named variant."""
+    return step if variant in (None, "", "null") else f"{step}-{variant}"
+
+
+def experiment_dir(output_root: str | Path, experiment: str) -> Path:
+    return Path(output_root) / str(experiment)
+
+
+def run_label(regime: str, step: str, variant: str | None, seed: int) -> str:
+    """A run's path inside its experiment, `<regime>/<rung>/seed<k>` (the sweep's labels)."""
+    return f"{regime}/{rung_dir(step, variant)}/seed{seed}"
+
+
+def run_dir(output_root: str | Path, experiment: str, regime: str, step: str, variant: str | None, seed: int) -> Path:
+    """The run's directory: deterministic, so a resumed or requeued run finds its last.ckpt."""
+    return experiment_dir(output_root, experiment) / run_label(regime, step, variant, seed)
+
+
+def run_name(experiment: str, regime: str, step: str, variant: str | None, seed: int) -> str:
+    """A run's name for trackers (W&B): unique per run directory, variants included."""
+    return f"{experiment}/{run_label(regime, step, variant, seed)}"
+
+
+for _name, _resolver in (("run_dir", lambda *parts: str(run_dir(*parts))),
+                         ("experiment_dir", lambda *parts: str(experiment_dir(*parts)))):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
+
+
+def experiments_with(output_root: str | Path, filename: str) -> list[str]:
+    """The experiment folders under output_root that hold `filename` (e.g. RESULTS_CSV)."""
+    return sorted(p.parent.name for p in Path(output_root).glob(f"*/{filename}"))
+
+
+# ---- a run's record -------------------------------------------------------------------------------
+
+def read_result(out_dir: Path) -> dict[str, Any] | None:
+    """result.json of out_dir, None if absent; ValueError naming the file if it is not a result."""
+    path = Path(out_dir) / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); move it away to rerun this run") from error
+    if not isinstance(result, dict) or "status" not in result:
+        raise ValueError(f"{path} is not a run result (a JSON object with a status); move it away to rerun this run")
+    return result
+
+
+def write_result(out_dir: Path, record: dict[str, Any]) -> None:
+    """result.json with every field of RESULT_FIELDS (None where unknown), then any others."""
+    if record.get("status") == "completed" and record.get("top1") is None:
+        raise ValueError(f"refusing to record {out_dir} as completed without a top-1 accuracy")
+    full = {name: record.get(name) for name in RESULT_FIELDS}
+    full.update({k: v for k, v in record.items() if k not in full})
+    write_atomic(Path(out_dir) / RESULT_FILE, json.dumps(full, indent=2) + "\n")
+
+
+def read_history(out_dir: Path) -> list[dict[str, Any]]:
+    """The run's metrics.csv, one row per epoch (see `results.read_metrics_csv`); [] when none yet."""
+    return read_metrics_csv(Path(out_dir) / METRICS_FILE)
+
+
+def recorded_config_hash(out_dir: Path) -> str | None:
+    """The config hash of the run recorded in out_dir, recomputed from its config.yaml under the
+    current rules (so a key later declared unhashed, such as trainer.channels_last, does not turn
+    recorded runs into conflicts); the stored hash where there is no config.yaml; None if empty."""
+    config_path = Path(out_dir) / CONFIG_FILE
+    if config_path.is_file():
+        recorded = OmegaConf.load(config_path)
+        stored = recorded.pop("config_hash", None)
+        return config_hash(recorded) if len(recorded) else stored
+    result = read_result(out_dir)
+    return None if result is None else result.get("config_hash")
+
+
+# ---- listing an experiment's runs -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run directory of an experiment; its identity is read from its config.yaml or
+    result.json, the directory's names only where neither is there yet."""
+
+    regime: str
+    rung: str
+    step: str
+    variant: str | None
+    seed: int
+    path: Path
+
+    @property
+    def result_file(self) -> Path:
+        return self.path / RESULT_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+
+def list_runs(experiment: Path) -> list[RunDir]:
+    """Every run directory under an experiment folder that holds a config, a result or metrics, by path."""
+    runs = []
+    for path in sorted(Path(experiment).glob("*/*/seed*")):
+        if not any((path / name).is_file() for name in (CONFIG_FILE, RESULT_FILE, METRICS_FILE)):
+            continue
+        identity = _identity(path)
+        step, _, variant = path.parent.name.partition("-")
+        runs.append(RunDir(
+            regime=str(identity.get("regime") or path.parent.parent.name), rung=path.parent.name,
+            step=str(identity.get("step") or step), variant=identity.get("variant", variant) or None,
+            seed=int(identity.get("seed", path.name.removeprefix("seed"))), path=path,
+        ))
+    return runs
+
+
+def _identity(path: Path) -> dict[str, Any]:
+    try:
+        result = read_result(path)
+    except ValueError:
+        result = None
+    if result is not None:
+        return result
+    if (path / CONFIG_FILE).is_file():
+        config = OmegaConf.load(path / CONFIG_FILE)
+        return {"regime": OmegaConf.select(config, "regime.name"), "step": config.get("step"),
+                "variant": config.get("variant"), "seed": config.get("seed")}
+    return {}
+
+
+# ---- a run's state and lock -----------------------------------------------------------------------
+
+def run_state(out_dir: Path, expected_hash: str) -> str:
+    """done | failed | running | queued (its SLURM job waits) | interrupted (stopped by a signal, or
+    has last.ckpt) | pending | conflict (it holds a run of another config than `expected_hash`)."""
+    try:
+        result = read_result(out_dir)
+        recorded = recorded_config_hash(out_dir)
+    except ValueError:
+        return "failed"
+    if recorded is not None and recorded != expected_hash:
+        return "conflict"
+    if lock_holder(out_dir) is not None:
+        return "running"
+    if result is not None and result.get("status") != "interrupted":
+        return "done" if result.get("status") == "completed" else "failed"
+    if queued_job(out_dir) is not None:
+        return "queued"
+    return "interrupted" if (Path(out_dir) / CHECKPOINT_FILE).is_file() else "pending"
+
+
+def record_job(out_dir: Path, job_id: str) -> None:
+    """Remember the SLURM job that runs this rung (`queued_job` asks squeue about it)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / JOB_FILE).write_text(json.dumps({"job_id": job_id, "submitted": time.time()}) + "\n")
+
+
+def queued_job(out_dir: Path) -> str | None:
+    """The id of the rung's SLURM job while it waits in the queue (squeue: PENDING, CONFIGURING,
+    REQUEUED), else None (no job file, no squeue, or the job is running or gone)."""
+    path = Path(out_dir) / JOB_FILE
+    if not path.is_file():
+        return None
+    job_id = str(json.loads(path.read_text())["job_id"])
+    try:
+        squeue = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return job_id if squeue.stdout.strip().startswith(("PENDING", "CONFIGURING", "REQUEUE")) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_holder(out_dir: Path) -> dict[str, Any] | None:
+    """The live process that holds the run's lock, or None (no lock, or a dead/stale one)."""
+    path = Path(out_dir) / LOCK_FILE
+    try:
+        holder = json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if holder.get("host") == platform.node():
+        return holder if _pid_alive(int(holder.get("pid", -1))) else None
+    return holder if age < LOCK_STALE_S else None
+
+
+def acquire_lock(out_dir: Path) -> None:
+    """Mark the run as running; refuse if another live process runs it (a requeued SLURM job
+    takes over its own earlier lock)."""
+    holder = lock_holder(out_dir)
+    job = os.environ.get("SLURM_JOB_ID")
+    if holder is not None and holder.get("pid") != os.getpid() and not (job and holder.get("slurm_job_id") == job):
+        raise RuntimeError(
+            f"{out_dir} is already being trained by pid {holder.get('pid')} on {holder.get('host')} "
+            f"(since {holder.get('started')}); wait for it or stop it"
+        )
+    record = {"pid": os.getpid(), "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "slurm_job_id": job}
+    write_atomic(Path(out_dir) / LOCK_FILE, json.dumps(record) + "\n")
+
+
+def refresh_lock(out_dir: Path) -> None:
+    path = Path(out_dir) / LOCK_FILE
+    if path.is_file():
+        os.utime(path)
+
+
+def release_lock(out_dir: Path) -> None:
+    (Path(out_dir) / LOCK_FILE).unlink(missing_ok=True)
+
+
+# ---- one attempt at a run ---------------------------------------------------------------------------
+
+def plan_action(out_dir: Path, expected_hash: str, force: bool) -> str:
+    """What an attempt does in out_dir: "skip" (completed, same config), "rerun" (completed,
+    force=true: trained in RERUN_DIR, promoted once it completes), "resume" (from last.ckpt) or
+    "fresh"; RunDirError if the directory holds another config's run (nothing is changed)."""
+    read_result(out_dir)  # an invalid result.json is an error naming it, never overwritten
+    state = run_state(out_dir, expected_hash)
+    if state == "conflict":
+        raise RunDirError(
+            f"{out_dir} holds a run with a different config (config_hash {recorded_config_hash(out_dir)}, this one "
+            f"{expected_hash}); nothing was changed there. Use another experiment_name, seed or "
+            f"output_root, or remove that directory to replace it (compare with its {CONFIG_FILE})."
+        )
+    if state == "done":
+        return "rerun" if force else "skip"
+    if (Path(out_dir) / CHECKPOINT_FILE).is_file() and not force:
+        return "resume"
+    return "fresh"
+
+
+class Attempt:
+    """One attempt at a run, opened once and closed once: it remembers what the directory held,
+    holds the run's lock and its run.log while it trains, writes its result, promotes a forced
+    rerun once it completes, and (closed before its first optimizer step) restores the directory
+    as it was. `work` is where the attempt trains: the run directory, or its RERUN_DIR."""
+
+    def __init__(self, out_dir: Path, action: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.action = action
+        self.work = self.out_dir / RERUN_DIR if action == "rerun" else self.out_dir
+        self._before = _snapshot(self.out_dir)
+        self._handler: logging.Handler | None = None
+        self._loggers: list[logging.Logger] = []
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.work / CHECKPOINT_FILE
+
+    def open(self, *loggers: logging.Logger) -> None:
+        """Lock the run and open run.log (for the root logger and `loggers`). OSError: the
+        directory cannot be written (left as it was); RuntimeError: another live process trains it."""
+        try:
+            acquire_lock(self.out_dir)
+            self._handler = logging.FileHandler(self.out_dir / RUN_LOG)
+        except OSError:
+            with contextlib.suppress(OSError):
+                _restore(self.out_dir, self._before)
+            raise
+        self._handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        self._loggers = [logging.getLogger(), *loggers]
+        for logger in self._loggers:
+            logger.addHandler(self._handler)
+        if self.action == "rerun":
+            shutil.rmtree(self.work, ignore_errors=True)  # an earlier forced rerun that did not complete
+
+    def close(self, committed: bool) -> None:
+        """Close run.log and release the lock; an attempt that never committed leaves the directory as it was."""
+        if self._handler is not None:
+            for logger in self._loggers:
+                logger.removeHandler(self._handler)
+            self._handler.close()
+        release_lock(self.out_dir)
+        if not committed:
+            _restore(self.out_dir, self._before)
+
+    def record(self, record: dict[str, Any]) -> None:
+        """A failed or interrupted attempt's result.json (in `work`: a rerun keeps the completed one)."""
+        write_result(self.work, record)
+
+    def complete(self, record: dict[str, Any]) -> None:
+        """The completed run's result.json; a forced rerun's files replace the old run's first."""
+        if self.action == "rerun":
+            _promote(self.work, self.out_dir)
+        write_result(self.out_dir, record)
+        if self.action == "rerun":
+            shutil.rmtree(self.work)
+
+
+def _snapshot(path: Path) -> Path | set[str]:
+    """What to restore `path` to: its entries, or the outermost of it and its parents not there yet."""
+    if path.is_dir():
+        return set(os.listdir(path))
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _restore(path: Path, before: Path | set[str]) -> None:
+    """Remove what this attempt added to `path` (see `_snapshot`)."""
+    if isinstance(before, Path):
+        shutil.rmtree(before, ignore_errors=True)
+        return
+    for name in set(os.listdir(path)) - before:
+        entry = path / name
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
+def _promote(work: Path, out: Path) -> None:
+    """A completed forced rerun's files replace the old run's (its metrics kept aside); result.json is next."""
+    if (out / METRICS_FILE).is_file():
+        (out / METRICS_FILE).replace(out / PREVIOUS_METRICS_FILE)
+    for name in (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE):
+        if (work / name).is_file():
+            (work / name).replace(out / name)

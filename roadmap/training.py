@@ -1,0 +1,272 @@
+"""What a run is built from and how it trains: the model and data (`build_parts`, before anything
+is written), the Lightning trainer, callbacks and loggers, the fit itself, and the result record."""
+from __future__ import annotations
+
+import platform
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import OmegaConf
+
+from roadmap.data import augment_on, decode_on
+from roadmap.model import factory
+from roadmap.plan import CUDA_GRAPH_MODES, RunConfigError, RunPlan, compile_mode
+from roadmap.results import config_hash, git_commit, train_loss_sum
+from roadmap.rundir import CHECKPOINT_FILE, LOGS_DIR
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from roadmap.callbacks import EpochMetrics, RunState
+
+
+class CheckpointError(RuntimeError):
+    """last.ckpt cannot be read or belongs to another run: never silently restart from zero over it."""
+
+
+def is_rank_zero() -> bool:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+@dataclass
+class Parts:
+    """What a run is built from, made before anything is written: a model or data that cannot work
+    is an error of the command, not of the run."""
+
+    model: torch.nn.Module
+    datamodule: Any
+    params: int
+    gmacs: float
+    gmacs_224: float
+
+
+def build_parts(plan: RunPlan) -> Parts:
+    from lightning.fabric.utilities.seed import seed_everything
+
+    from roadmap.data import build_datamodule
+    from roadmap.model.complexity import complexity
+
+    cfg = plan.cfg
+    seed_everything(int(cfg.seed), workers=True)
+    model = build_model(plan)
+    try:
+        counts = complexity(model, int(cfg.data.image_size))
+    except RuntimeError as error:  # e.g. a foreign model's last stage has no pixels left
+        raise RunConfigError(f"model._target_={factory.target(cfg.model)} cannot take {cfg.data.image_size}px "
+                             f"images (data.image_size): {str(error).splitlines()[0]}") from error
+    gmacs_224 = complexity(model, 224)["gmacs"]
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.trainer.compile:
+        model.compile(mode=compile_mode(cfg))
+    datamodule = build_datamodule(cfg, per_device_batch=int(cfg.trainer.per_device_batch))
+    if is_rank_zero():  # other DDP ranks start once rank 0 has checked (and downloaded) the data
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    return Parts(model, datamodule, counts["params"], counts["gmacs"], gmacs_224)
+
+
+def build_model(plan: RunPlan) -> torch.nn.Module:
+    """The rung's model: roadmap's builder from the plan's ArchConfig, or the regime's factory."""
+    from roadmap.model.net import RoadmapNet
+
+    if plan.arch is not None:
+        return RoadmapNet(plan.arch)
+    try:
+        return factory.build(OmegaConf.to_container(plan.cfg.model))
+    except factory.FactoryError as error:
+        raise RunConfigError(str(error)) from error
+
+
+def verify_checkpoint(path: Path, plan: RunPlan, model: torch.nn.Module) -> None:
+    """last.ckpt must be readable and this run's: its stored config has this run's hash (older
+    checkpoints without one: its weights fit this rung)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any failure to read it is reported the same way
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({type(error).__name__}: {error}). It is left as it is: "
+            f"move it away to restart this run from zero, or rerun with force=true."
+        ) from error
+    if "state_dict" not in state or "global_step" not in state:
+        raise CheckpointError(f"{path} is not a roadmap/Lightning checkpoint (no state_dict/global_step)")
+    move_away = "It is left as it is: move it away to start this run from zero, or rerun with force=true."
+    saved = state.get("roadmap", {}).get("config")
+    if saved is not None and config_hash(OmegaConf.create(saved)) != plan.config_hash:
+        raise CheckpointError(
+            f"{path} belongs to another run (step={saved.get('step')} seed={saved.get('seed')} "
+            f"config_hash {config_hash(OmegaConf.create(saved))}; this run: step={plan.cfg.step} "
+            f"seed={plan.cfg.seed} config_hash {plan.config_hash}). {move_away}"
+        )
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    found = {k.removeprefix("model."): v.shape for k, v in state["state_dict"].items() if k.startswith("model.")}
+    if found != expected:
+        raise CheckpointError(f"{path} holds the weights of another model than step={plan.cfg.step}. {move_away}")
+
+
+def build_loggers(plan: RunPlan) -> list[Any]:
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers: list[Any] = [CSVLogger(save_dir=plan.out_dir, name=LOGS_DIR)]
+    if plan.cfg.logger.wandb:
+        from roadmap.wandb_logging import build_wandb_logger
+
+        loggers.append(build_wandb_logger(plan))
+    return loggers
+
+
+def build_trainer(plan: RunPlan, work: Path, callbacks: list[Any], logger: Any, **changes: Any) -> L.Trainer:
+    """The run's Lightning Trainer, every argument from the plan (`changes` replace some: the
+    benchmarks time this same Trainer)."""
+    import lightning as L
+
+    from roadmap.callbacks import AtomicCheckpointIO
+
+    cfg = plan.cfg
+    options = dict(
+        accelerator=cfg.trainer.accelerator,
+        devices=plan.devices,
+        num_nodes=int(cfg.trainer.num_nodes),
+        strategy=cfg.trainer.strategy,
+        precision=cfg.trainer.precision,
+        max_epochs=int(cfg.recipe.epochs),
+        accumulate_grad_batches=plan.accumulate,
+        sync_batchnorm=bool(cfg.trainer.sync_batchnorm),
+        gradient_clip_val=cfg.recipe.grad_clip,
+        limit_train_batches=cfg.trainer.limit_train_batches,
+        limit_val_batches=cfg.trainer.limit_val_batches,
+        log_every_n_steps=int(cfg.trainer.log_every_n_steps),
+        check_val_every_n_epoch=int(cfg.trainer.check_val_every_n_epoch),
+        deterministic=bool(cfg.trainer.deterministic),
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        enable_progress_bar=sys.stdout.isatty(),
+        default_root_dir=work,
+        logger=logger,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+    )
+    return L.Trainer(**{**options, **changes})
+
+
+def run_callbacks(plan: RunPlan, work: Path, state: Any | None = None) -> tuple[EpochMetrics, list[Any]]:
+    """metrics.csv's writer, and every callback of a run around it (diagnostics before it, which
+    writes their values; the run's state; one rolling last.ckpt, rewritten atomically every epoch)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from roadmap.callbacks import EpochMetrics, PlainProgress
+    from roadmap.diagnostics import TrainingDynamics
+
+    cfg = plan.cfg
+    metrics = EpochMetrics(work, lock_dir=plan.out_dir)
+    dynamics = [TrainingDynamics()] if cfg.trainer.diagnostics else []
+    callbacks = [*dynamics, metrics, *([state] if state is not None else []), ModelCheckpoint(
+        dirpath=work, filename=CHECKPOINT_FILE.removesuffix(".ckpt"), save_top_k=1, enable_version_counter=False,
+        save_on_train_epoch_end=True,  # else Lightning saves only after a validation (check_val_every_n_epoch)
+    )]
+    if not sys.stdout.isatty():
+        callbacks.append(PlainProgress(int(cfg.trainer.log_every_n_steps)))
+    return metrics, callbacks
+
+
+def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState) -> dict[str, Any] | None:
+    """Fit (from work/last.ckpt when resuming) and evaluate; returns the result record on rank 0,
+    None on the other ranks."""
+    from roadmap.module import Classifier
+
+    cfg = plan.cfg
+    module = Classifier(
+        parts.model, OmegaConf.to_container(cfg.recipe), plan.num_classes, int(cfg.recipe.global_batch),
+        channels_last=bool(cfg.trainer.channels_last),
+        cuda_graphs=bool(cfg.trainer.compile) and compile_mode(cfg) in CUDA_GRAPH_MODES,
+    )
+    metrics, callbacks = run_callbacks(plan, work, state)
+    # run.log is always there; the run's own files are what matter, and it never overwrites them.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    trainer = build_trainer(plan, work, callbacks, build_loggers(plan))
+    ckpt = work / CHECKPOINT_FILE if action == "resume" else None
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=parts.datamodule, ckpt_path=ckpt, weights_only=True)
+    wall = time.perf_counter() - start
+    state.commit(trainer)
+    final: dict[str, Any] = {}
+    trained = trainer.global_step != (state.loaded_step or 0)
+    if not trained or int(cfg.recipe.epochs) % int(cfg.trainer.check_val_every_n_epoch):
+        trainer.validate(module, datamodule=parts.datamodule, verbose=False)  # every rank: it syncs
+        final = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if not trainer.is_global_zero:
+        return None
+    return result_record(plan, parts, metrics.history(), final, trainer.global_step, module.lr, wall, state)
+
+
+def result_record(plan: RunPlan, parts: Parts, history: list[dict[str, Any]], final: dict[str, Any],
+                  optimizer_steps: int, lr: float, wall: float, state: RunState) -> dict[str, Any]:
+    """A completed run's result.json, from its whole history (metrics.csv across attempts) and
+    `final`, an evaluation of the final model when its last epoch had no validation."""
+    final = {**(history[-1] if history else {}), **final}
+    if final.get("val/top1") is None:
+        raise RuntimeError("the run ended without a validation accuracy (trainer.limit_val_batches=0?)")
+
+    def best(key: str) -> float | None:
+        values = [r[key] for r in history if r.get(key) is not None]
+        return max(values) if values else None
+
+    speeds = [r["img_per_s"] for r in history if r.get("img_per_s")]
+    return {
+        **run_fields(plan),
+        "status": "completed",
+        "top1": final.get("val/top1"),
+        "top5": final.get("val/top5"),
+        "top1_ema": final.get("val/top1_ema"),
+        "top5_ema": final.get("val/top5_ema"),
+        "top1_max": best("val/top1") or final.get("val/top1"),
+        "top1_ema_max": best("val/top1_ema") or final.get("val/top1_ema"),
+        "train_loss_sum": train_loss_sum(history),
+        "params": parts.params,
+        "gmacs": parts.gmacs,
+        "gmacs_224": parts.gmacs_224,
+        "optimizer_steps": optimizer_steps,
+        "lr": lr,
+        "wall_s": round(wall, 2),
+        "train_img_per_s": round(sum(speeds) / len(speeds), 2) if speeds else None,
+        "skipped_images": len(parts.datamodule.skipped_images()),  # unreadable, per data.on_bad_image
+        "resumed_from_step": state.loaded_step or None,
+    }
+
+
+def run_fields(plan: RunPlan) -> dict[str, Any]:
+    cfg = plan.cfg
+    return {
+        "experiment": cfg.experiment_name,
+        "regime": cfg.regime.name,
+        "step": cfg.step,
+        "variant": cfg.variant,
+        "seed": int(cfg.seed),
+        "image_size": int(cfg.data.image_size),
+        "dataset": cfg.data.name,
+        "num_classes": plan.num_classes,
+        "epochs": int(cfg.recipe.epochs),
+        "global_batch": int(cfg.recipe.global_batch),
+        "per_device_batch": int(cfg.trainer.per_device_batch),
+        "accumulate": plan.accumulate,
+        "devices": plan.devices,
+        "num_nodes": int(cfg.trainer.num_nodes),
+        "sync_batchnorm": bool(cfg.trainer.sync_batchnorm),
+        "precision": str(cfg.trainer.precision),
+        "channels_last": bool(cfg.trainer.channels_last),
+        "augment_on": augment_on(cfg.data),
+        "decode_on": decode_on(cfg.data),
+        "lr_scaled": int(cfg.recipe.global_batch) != int(cfg.recipe.optimizer.base_batch),
+        "git_commit": git_commit(),
+        "config_hash": plan.config_hash,
+        "torch_version": torch.__version__,
+        "hostname": platform.node(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
