@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from roadmap.ladder import LadderError, compose_arch, compose_model, list_steps
+from roadmap.ladder import LadderError, arch_config, compose_arch, list_steps, rung_model
 from roadmap.model import factory
 from roadmap.model.complexity import complexity
 from roadmap.model.config import ArchConfig, ArchConfigError
@@ -41,10 +41,10 @@ def build_model(step: str | None = None, regime: str = "r50", *, deltas: Sequenc
     """The rung `step` of `regime`: the baseline plus every step delta up to `step` (or the
     explicit `deltas` list), then `overrides` (ArchConfig fields: num_classes=10, layer_scale=1e-6, …;
     or the arguments of the regime's own factory, `model._target_`)."""
-    model = compose_model(step, regime, overrides, deltas)
+    model, rung = rung_model(step, regime, overrides, deltas)  # composed once
     if not factory.is_builder(model):
         return factory.build(model)
-    return RoadmapNet(compose_arch(step, regime, overrides, deltas))
+    return RoadmapNet(arch_config(model, rung))
 
 
 def convert_state_dict(

@@ -204,7 +204,7 @@ def rung_argv(prog: str, config_name: str) -> list[str]:
         sys.exit(2)
 
 
-def _rung_model(step: str | None, regime: str, overrides: Mapping[str, Any] | None,
+def rung_model(step: str | None, regime: str, overrides: Mapping[str, Any] | None,
                 deltas: Sequence[str] | None) -> tuple[dict[str, Any], str]:
     """`compose_model`'s block and the rung's name for messages (the step, or the delta list's name)."""
     spec = load_regime(regime)
@@ -219,19 +219,19 @@ def compose_model(step: str | None = None, regime: str = "r50", overrides: Mappi
     """The rung's `model` block, resolved: baseline ⊕ deltas (the chain to `step`, or `deltas`) ⊕
     `overrides` (None values skipped), composed from the same files as a run (`ladder.yaml` gives
     what a run's recipe and data would: 1000 classes, no layer scale or drop path)."""
-    return _rung_model(step, regime, overrides, deltas)[0]
+    return rung_model(step, regime, overrides, deltas)[0]
 
 
 def compose_arch(step: str | None = None, regime: str = "r50", overrides: Mapping[str, Any] | None = None,
                  deltas: Sequence[str] | None = None) -> ArchConfig:
     """The rung's ArchConfig (`compose_model`'s block); a regime on another factory is refused."""
-    return arch_config(*_rung_model(step, regime, overrides, deltas))
+    return arch_config(*rung_model(step, regime, overrides, deltas))
 
 
 def check_rung(step: str | None = None, regime: str = "r50", deltas: Sequence[str] | None = None) -> None:
     """The builder's reason a rung cannot be built (LadderError); another factory's rungs are
     checked when they are built."""
-    model, rung = _rung_model(step, regime, None, deltas)
+    model, rung = rung_model(step, regime, None, deltas)
     if factory.is_builder(model):
         arch_config(model, rung)
 

@@ -18,7 +18,7 @@ from roadmap.data.errors import DataError
 from roadmap.data.shards import write_shards
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m roadmap.shards", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="an ImageNet layout: train/ and val/ class folders, or the archives")
@@ -27,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-mb", type=float, default=64, help="size of a chunk file in MiB (default 64)")
     parser.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
                         help="an unreadable image: skip (logged, listed in the manifest) or stop")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         manifest = write_shards(args.source, args.out, args.force, int(args.chunk_mb * 2**20), args.on_bad_image)
