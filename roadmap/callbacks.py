@@ -17,7 +17,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from roadmap.diagnostics import PREFIX as DYNAMICS_PREFIX
 from roadmap.results import write_atomic
-from roadmap.rundir import CONFIG_FILE, METRICS_FILE, read_history, refresh_lock
+from roadmap.rundir import CONFIG_FILE, METRICS_FILE, PREVIOUS_METRICS_FILE, read_history, refresh_lock
 
 log = logging.getLogger("roadmap.run")
 
@@ -107,15 +107,15 @@ class RunState(L.Callback):
         self.config = config
         self.config_text = config_text
         self.fresh = fresh
-        self.start_step = 0
-        self.loaded_step: int | None = None
+        self.start_optimizer_step = 0
+        self.loaded_optimizer_step: int | None = None
         self.committed = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start_step = trainer.global_step
+        self.start_optimizer_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if not self.committed and trainer.global_step != self.start_step:
+        if not self.committed and trainer.global_step != self.start_optimizer_step:
             self.commit(trainer)
 
     def commit(self, trainer: L.Trainer) -> None:
@@ -125,7 +125,7 @@ class RunState(L.Callback):
         if trainer.is_global_zero:
             metrics = self.work_dir / METRICS_FILE
             if self.fresh and metrics.is_file():
-                metrics.replace(self.work_dir / f"previous_{METRICS_FILE}")
+                metrics.replace(self.work_dir / PREVIOUS_METRICS_FILE)
             write_atomic(self.work_dir / CONFIG_FILE, self.config_text)
         self.committed = True
 
@@ -138,7 +138,7 @@ class RunState(L.Callback):
         checkpoint["roadmap"] = {"config": self.config, "rng": rng}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        self.loaded_step = int(checkpoint["global_step"])
+        self.loaded_optimizer_step = int(checkpoint["global_step"])
         rng = checkpoint.get("roadmap", {}).get("rng")
         if rng is None:  # a checkpoint written before RNG states were saved
             return
@@ -174,6 +174,6 @@ class PlainProgress(L.Callback):
             return
         logged = trainer.callback_metrics
         loss, speed = logged.get("train/loss_step"), logged.get("img_per_s")
-        log.info("epoch %d batch %d/%s step %d: loss %s, %s img/s", trainer.current_epoch, batch_idx + 1, total,
+        log.info("epoch %d batch %d/%s optimizer step %d: loss %s, %s img/s", trainer.current_epoch, batch_idx + 1, total,
                  trainer.global_step, f"{float(loss):.4f}" if loss is not None else "-",
                  f"{float(speed):.1f}" if speed is not None else "-")

@@ -197,7 +197,7 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
     wall = time.perf_counter() - start
     state.commit(trainer)
     final: dict[str, Any] = {}
-    trained = trainer.global_step != (state.loaded_step or 0)
+    trained = trainer.global_step != (state.loaded_optimizer_step or 0)
     if not trained or int(cfg.recipe.epochs) % int(cfg.trainer.check_val_every_n_epoch):
         trainer.validate(module, datamodule=parts.datamodule, verbose=False)  # every rank: it syncs
         final = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -237,7 +237,7 @@ def result_record(plan: RunPlan, parts: Parts, history: list[dict[str, Any]], fi
         "wall_s": round(wall, 2),
         "train_img_per_s": round(sum(speeds) / len(speeds), 2) if speeds else None,
         "skipped_images": len(parts.datamodule.skipped_images()),  # unreadable, per data.on_bad_image
-        "resumed_from_step": state.loaded_step or None,
+        "resumed_from_step": state.loaded_optimizer_step or None,
     }
 
 
