@@ -26,13 +26,15 @@ from roadmap.ladder import conf_dir, rung_argv
 from roadmap.plan import RunConfigError, RunPlan, mixing, plan_run, valid_per_device_batches
 from roadmap.rundir import RESULT_FILE, Attempt, plan_action
 from roadmap.signals import Interrupted, exit_by_signal, raise_on_signals
-from roadmap.training import CheckpointError, Parts, build_parts, is_rank_zero, run_fields, train, verify_checkpoint
+from roadmap.training import CheckpointError, Parts, attempt_fields, build_parts, is_rank_zero, train, verify_checkpoint
 
 log = logging.getLogger("roadmap.run")
 trace_log = logging.getLogger("roadmap.run.trace")  # tracebacks: run.log only (stderr gets one line)
 trace_log.propagate = False
 
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+# The environment a run reads: the resume hint repeats it, so that the hint is the command that resumes.
+RUN_ENVIRONMENT = ("ROADMAP_DATA_DIR", "ROADMAP_OUTPUT_DIR")
 
 
 def _error(message: Any, code: int = 2) -> int:
@@ -41,8 +43,10 @@ def _error(message: Any, code: int = 2) -> int:
 
 
 def resume_command() -> str:
-    """The user's command line (without the deltas `ladder.rung_argv` added to it)."""
-    return shlex.join(["python", "-m", "roadmap.run", *(USER_ARGV or sys.argv)[1:]])
+    """The user's command line as it was started: the environment it read, then its arguments
+    (without the deltas `ladder.rung_argv` added to them)."""
+    environment = [f"{name}={shlex.quote(os.environ[name])}" for name in RUN_ENVIRONMENT if os.environ.get(name)]
+    return " ".join([*environment, shlex.join(["python", "-m", "roadmap.run", *(USER_ARGV or sys.argv)[1:]])])
 
 
 def execute(cfg: DictConfig) -> int:
@@ -87,7 +91,7 @@ def _train_and_record(plan: RunPlan, parts: Parts, attempt: Attempt, state: Any)
     try:
         record = train(plan, parts, work, attempt.action, state)
     except Interrupted as stop:
-        return _interrupted(plan, attempt, state, stop.signum)
+        return _interrupted(plan, parts, attempt, state, stop.signum)
     except DataError as error:  # bad input, not a failed run: nothing is recorded
         return _error(error)
     except Exception as error:  # noqa: BLE001 - classified, recorded, reported in one line
@@ -96,7 +100,7 @@ def _train_and_record(plan: RunPlan, parts: Parts, attempt: Attempt, state: Any)
             traceback.print_exc()
         signum = _killed_worker_signal(error)
         if signum is not None:
-            return _interrupted(plan, attempt, state, signum)
+            return _interrupted(plan, parts, attempt, state, signum)
         if _is_out_of_memory(error):
             return _error(_out_of_memory_message(plan), 1)
         if isinstance(error, OSError) and error.errno in DISK_ERRORS:
@@ -107,7 +111,7 @@ def _train_and_record(plan: RunPlan, parts: Parts, attempt: Attempt, state: Any)
         if not state.committed:
             return _error(f"{reason} (before the first optimizer step: nothing was recorded)", 1)
         if is_rank_zero():
-            attempt.record({**run_fields(plan), "status": "failed", "reason": reason})
+            attempt.record({**attempt_fields(plan, parts, state), "status": "failed", "reason": reason})
         kept = f"; the completed {RESULT_FILE} of {plan.out_dir} is kept" if attempt.action == "rerun" else ""
         return _error(f"the run failed: {reason.splitlines()[0]}{kept} (result in {work / RESULT_FILE})", 1)
     if record is not None:
@@ -116,10 +120,10 @@ def _train_and_record(plan: RunPlan, parts: Parts, attempt: Attempt, state: Any)
     return 0
 
 
-def _interrupted(plan: RunPlan, attempt: Attempt, state: Any, signum: int) -> int:
+def _interrupted(plan: RunPlan, parts: Parts, attempt: Attempt, state: Any, signum: int) -> int:
     name = signal.Signals(signum).name
     if state.committed and is_rank_zero():
-        attempt.record({**run_fields(plan), "status": "interrupted", "reason": f"interrupted by {name}"})
+        attempt.record({**attempt_fields(plan, parts, state), "status": "interrupted", "reason": f"interrupted by {name}"})
     if not state.committed:
         name += " before the first optimizer step (nothing was written)"
     if attempt.action == "rerun":

@@ -220,7 +220,7 @@ def result_record(plan: RunPlan, parts: Parts, history: list[dict[str, Any]], fi
 
     speeds = [r["img_per_s"] for r in history if r.get("img_per_s")]
     return {
-        **run_fields(plan),
+        **attempt_fields(plan, parts, state),
         "status": "completed",
         "top1": final.get("val/top1"),
         "top5": final.get("val/top5"),
@@ -229,13 +229,21 @@ def result_record(plan: RunPlan, parts: Parts, history: list[dict[str, Any]], fi
         "top1_max": best("val/top1") or final.get("val/top1"),
         "top1_ema_max": best("val/top1_ema") or final.get("val/top1_ema"),
         "train_loss_sum": train_loss_sum(history),
-        "params": parts.params,
-        "gmacs": parts.gmacs,
-        "gmacs_224": parts.gmacs_224,
         "optimizer_steps": optimizer_steps,
         "lr": lr,
         "wall_s": round(wall, 2),
         "train_img_per_s": round(sum(speeds) / len(speeds), 2) if speeds else None,
+    }
+
+
+def attempt_fields(plan: RunPlan, parts: Parts, state: RunState) -> dict[str, Any]:
+    """What an attempt's result.json records whatever its status: the run's fields, the model's
+    size and cost, the optimizer step it resumed from, the images it skipped."""
+    return {
+        **run_fields(plan),
+        "params": parts.params,
+        "gmacs": parts.gmacs,
+        "gmacs_224": parts.gmacs_224,
         "skipped_images": len(parts.datamodule.skipped_images()),  # unreadable, per data.on_bad_image
         "resumed_from_step": state.loaded_optimizer_step or None,
     }
