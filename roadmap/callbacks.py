@@ -166,14 +166,24 @@ class PlainProgress(L.Callback):
 
     def __init__(self, every: int) -> None:
         self.every = max(1, every)
+        self._last_line = (time.perf_counter(), 0)  # when the last line was printed, and the batches by then
+        self._batches = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_line, self._batches = (time.perf_counter(), 0), 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        self._batches += 1
         total = trainer.num_training_batches
         if (batch_idx + 1) % self.every and batch_idx + 1 != total:
             return
-        logged = trainer.callback_metrics
-        loss, speed = logged.get("train/loss_step"), logged.get("img_per_s")
-        log.info("epoch %d batch %d/%s optimizer step %d: loss %s, %s img/s", trainer.current_epoch, batch_idx + 1, total,
-                 trainer.global_step, f"{float(loss):.4f}" if loss is not None else "-",
-                 f"{float(speed):.1f}" if speed is not None else "-")
+        # The rate of this interval, not a running average: a line describes the batches since the last one.
+        then, batches_then = self._last_line
+        now, interval = time.perf_counter(), self._batches - batches_then
+        speed = interval * len(batch[0]) * trainer.world_size / max(now - then, 1e-9)
+        self._last_line = (now, self._batches)
+        loss = trainer.callback_metrics.get("train/loss_step")
+        log.info("epoch %d batch %d/%s optimizer step %d: loss %s, %.1f img/s over the last %d batches",
+                 trainer.current_epoch, batch_idx + 1, total, trainer.global_step,
+                 f"{float(loss):.4f}" if loss is not None else "-", speed, interval)

@@ -38,3 +38,4 @@ def test_two_variants_of_one_rung_get_two_wandb_run_names(tmp_path: Path, monkey
     names = {build_wandb_logger(_plan(tmp_path, "logger=wandb", f"variant={v}"))._wandb_init["name"]
              for v in ("lr_half", "lr_double", "null")}
     assert names == {"smoke/r50/gelu-lr_half/seed0", "smoke/r50/gelu-lr_double/seed0", "smoke/r50/gelu/seed0"}
+
