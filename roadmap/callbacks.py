@@ -85,7 +85,7 @@ class EpochMetrics(L.Callback):
             row[key] = float(f"{float(logged[key]):.6g}")
         self.rows.append(row)
         write_epoch_row(self.path, row)
-        log.info("epoch %d done (step %d): %s", row["epoch"], row["step"],
+        log.info("epoch %d done (optimizer step %d): %s", row["epoch"], row["step"],
                  ", ".join(f"{k} {v:.4g}" for k, v in row.items()
                            if k not in ("epoch", "step") and not k.startswith(DYNAMICS_PREFIX) and v is not None))
 
@@ -187,3 +187,23 @@ class PlainProgress(L.Callback):
         log.info("epoch %d batch %d/%s optimizer step %d: loss %s, %.1f img/s over the last %d batches",
                  trainer.current_epoch, batch_idx + 1, total, trainer.global_step,
                  f"{float(loss):.4f}" if loss is not None else "-", speed, interval)
+
+
+class StartupSummary(L.Callback):
+    """A few lines when training starts, so that a run says at once what it is: the rung, where it
+    writes, on what, how long (epochs and optimizer steps) and on which data."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        epochs = int(trainer.max_epochs or 0)
+        total = int(trainer.estimated_stepping_batches)
+        start = f", starting at optimizer step {trainer.global_step}" if trainer.global_step else ""
+        schedule = (f"schedule: {epochs} epochs, {total} optimizer steps ({total // max(epochs, 1)} per epoch{start}); "
+                    f"validation every {trainer.check_val_every_n_epoch} epoch(s) and after the last")
+        for line in [*self.lines, schedule]:
+            log.info("%s", line)
+

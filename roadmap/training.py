@@ -17,7 +17,7 @@ from roadmap.data import augment_on, decode_on
 from roadmap.model import factory
 from roadmap.plan import CUDA_GRAPH_MODES, RunConfigError, RunPlan, compile_mode
 from roadmap.results import config_hash, git_commit, train_loss_sum
-from roadmap.rundir import CHECKPOINT_FILE, LOGS_DIR
+from roadmap.rundir import CHECKPOINT_FILE, LOGS_DIR, RUN_LOG
 
 if TYPE_CHECKING:
     import lightning as L
@@ -156,12 +156,13 @@ def build_trainer(plan: RunPlan, work: Path, callbacks: list[Any], logger: Any, 
     return L.Trainer(**{**options, **changes})
 
 
-def run_callbacks(plan: RunPlan, work: Path, state: Any | None = None) -> tuple[EpochMetrics, list[Any]]:
+def run_callbacks(plan: RunPlan, work: Path, state: Any | None = None,
+                  summary: list[str] | None = None) -> tuple[EpochMetrics, list[Any]]:
     """metrics.csv's writer, and every callback of a run around it (diagnostics before it, which
     writes their values; the run's state; one rolling last.ckpt, rewritten atomically every epoch)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from roadmap.callbacks import EpochMetrics, PlainProgress
+    from roadmap.callbacks import EpochMetrics, PlainProgress, StartupSummary
     from roadmap.diagnostics import TrainingDynamics
 
     cfg = plan.cfg
@@ -173,7 +174,27 @@ def run_callbacks(plan: RunPlan, work: Path, state: Any | None = None) -> tuple[
     )]
     if not sys.stdout.isatty():
         callbacks.append(PlainProgress(int(cfg.trainer.log_every_n_steps)))
+    if summary:
+        callbacks.append(StartupSummary(summary))
     return metrics, callbacks
+
+
+def startup_lines(plan: RunPlan, parts: Parts, action: str) -> list[str]:
+    """What a run says when it starts (`StartupSummary` adds the schedule): the rung, the run
+    directory and its log, the devices and batch, the data."""
+    cfg, data = plan.cfg, parts.datamodule
+    how = {"fresh": "a fresh run", "rerun": "a forced rerun (the completed result stays until it completes)",
+           "resume": "resuming from last.ckpt"}[action]
+    variant = f" variant {cfg.variant}" if cfg.variant else ""
+    return [
+        f"run: experiment {cfg.experiment_name}, rung {cfg.regime.name}/{cfg.step}{variant}, seed {cfg.seed}: {how}",
+        f"output: {plan.out_dir} (log: {plan.out_dir / RUN_LOG})",
+        f"device: {cfg.trainer.accelerator} x {plan.devices} x {cfg.trainer.num_nodes} node(s), precision "
+        f"{cfg.trainer.precision}; batch {cfg.trainer.per_device_batch} per device x {plan.accumulate} accumulated "
+        f"= {cfg.recipe.global_batch}",
+        f"data: {cfg.data.name} at {cfg.data.image_size} px, {len(data.train_set)} train / {len(data.val_set)} val "
+        f"images, from {cfg.data.root}",
+    ]
 
 
 def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState) -> dict[str, Any] | None:
@@ -187,7 +208,7 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
         channels_last=bool(cfg.trainer.channels_last),
         cuda_graphs=bool(cfg.trainer.compile) and compile_mode(cfg) in CUDA_GRAPH_MODES,
     )
-    metrics, callbacks = run_callbacks(plan, work, state)
+    metrics, callbacks = run_callbacks(plan, work, state, startup_lines(plan, parts, action))
     # run.log is always there; the run's own files are what matter, and it never overwrites them.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     trainer = build_trainer(plan, work, callbacks, build_loggers(plan))
