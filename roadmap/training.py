@@ -211,6 +211,8 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
     metrics, callbacks = run_callbacks(plan, work, state, startup_lines(plan, parts, action))
     # run.log is always there; the run's own files are what matter, and it never overwrites them.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # Lightning's own use of a torch API it deprecated: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     trainer = build_trainer(plan, work, callbacks, build_loggers(plan))
     ckpt = work / CHECKPOINT_FILE if action == "resume" else None
     start = time.perf_counter()
