@@ -111,7 +111,7 @@ COMMITTED = {  # each committed experiment and the sweep that recorded it
                     "experiment_name=proxy_study"],  # seed 1 where a change is within 2 SE
     "imagenette64_proxy_v2": ["+roadmap=seeds", "roadmap.seeds=[0,1]", "experiment=imagenette_proxy_v2"],
     "imagenette64_proxy_v3": ["+roadmap=all", "experiment=imagenette_proxy_v3"],
-    "imagenette64_proxy_v4": ["+roadmap=all", "experiment=imagenette_proxy_v4"],
+    "imagenette64_proxy_v4": ["+roadmap=seeds", "roadmap.seeds=[0,1]", "experiment=imagenette_proxy_v4"],  # seed 1 running
     "proxy_study_v2": ["+roadmap=proxy_study_v2", "experiment=imagenette_proxy_v2", "experiment_name=proxy_study_v2"],
     "proxy_resolution": ["+roadmap=proxy_resolution", "roadmap.seeds=[0,1]", "experiment=imagenette_proxy_v2",
                          "experiment_name=proxy_resolution"],  # seed 1 of the kernel_7 pair
