@@ -12,7 +12,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from roadmap import build_model
-from roadmap.collect import paper_table
+from roadmap.reference import paper_table
 from roadmap.ladder import LadderError, changed_fields, conf_dir, list_steps, rung_argv
 from roadmap.model.complexity import complexity
 from roadmap.model.factory import FactoryError

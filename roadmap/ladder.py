@@ -111,6 +111,23 @@ def step_chain(step: str, regime: str | DictConfig = "r50") -> list[str]:
                       f"valid steps: {list_steps(spec, adopted_only=False)}")
 
 
+def known_regime(regime: str) -> bool:
+    """Whether conf/regime/ configures `regime` (results may name one that is no longer configured)."""
+    try:
+        load_regime(regime)
+    except LadderError:
+        return False
+    return True
+
+
+def ladder_order(regime: str, step: str) -> int:
+    """The rung's position in its regime's ladder (the baseline 0); 10 000 off the ladder."""
+    try:
+        return list_steps(regime, adopted_only=False).index(step)
+    except (ValueError, LadderError):
+        return 10_000
+
+
 def check_deltas(deltas: Sequence[str], regime: DictConfig) -> list[str]:
     deltas = [str(d) for d in deltas]
     unknown = [d for d in deltas if d not in regime.steps]

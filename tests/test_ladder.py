@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 
 import roadmap
 from roadmap import ladder
-from roadmap.collect import collect, paper_table
-from roadmap import report
-from roadmap.report import write_report
+from roadmap import analysis as report
+from roadmap.analysis import collect, write_report
+from roadmap.reference import paper_table
 from roadmap.plan import RunConfigError, plan_run
 from roadmap.training import build_model
 from roadmap.preset import expand, plan_rungs, status_of

@@ -1,4 +1,5 @@
-"""roadmap.report: tables and figures on synthetic results, and the CLI on a hand-built experiment."""
+"""roadmap.analysis (the report's library): tables and figures on synthetic results; roadmap.report,
+the CLI, on a hand-built experiment."""
 from __future__ import annotations
 
 import json
@@ -13,10 +14,11 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from roadmap import report
-from roadmap.collect import summarize
+from roadmap import analysis as report
+from roadmap.analysis import summarize
 from roadmap.reference import paper_ladder
 from roadmap.results import RESULT_FIELDS
+from roadmap.rundir import list_runs
 
 REPO = Path(__file__).resolve().parents[1]
 MISSING = "layer_norm"  # a rung that has not run in the synthetic experiment
@@ -220,6 +222,23 @@ def test_write_report(experiment_dir: Path, tmp_path: Path) -> None:
     assert "![ladder](ladder.png)" in markdown and "Runs: 7 completed." in markdown
     assert "| 60.50 ± 0.71 (2) |" in markdown and "`without_gelu`" in markdown
     assert (experiment_dir / "results.csv").is_file()  # collected on the way
+
+
+def test_a_report_lists_the_run_directories_once(experiment_dir: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Results (collected on the way) and curves come from one listing of the run directories."""
+    from roadmap.analysis import load, results_table
+
+    listed = []
+
+    def counted(folder: Path) -> list:
+        listed.append(folder)
+        return list_runs(folder)
+
+    for module in (load, results_table):
+        monkeypatch.setattr(module, "list_runs", counted)
+    report.write_report(experiment_dir, tmp_path / "out", ["png"])
+    assert listed == [experiment_dir] and (experiment_dir / "results.csv").is_file()
 
 
 def test_a_failed_runs_reason_is_one_line_in_ladder_md(experiment_dir: Path, tmp_path: Path) -> None:

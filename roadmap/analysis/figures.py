@@ -1,0 +1,252 @@
+"""The report's figures: the paper's Figure 2 with our results (`ladder_figure`), top-1 against
+GMACs and throughput, training curves and training dynamics per epoch; `report_figures` draws all
+of an experiment's, keyed by file stem."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from roadmap.analysis.formatting import short_title
+from roadmap.analysis.load import DYN, ReportData
+from roadmap.analysis.proxy_study import compared_ladders, comparison_figure
+from roadmap.analysis.tables import DEFAULT_REGIME
+from roadmap.ladder import known_regime, load_regime
+from roadmap.rundir import METRICS_FILE
+
+FIGURES = ("ladder", "top1_vs_gmacs", "top1_vs_throughput", "curves", "dynamics")
+OURS_COLOR = "tab:blue"
+PAPER_COLOR = "tab:orange"
+BRANCH_COLOR = "lightgrey"
+
+
+def _bar_labels(table: pd.DataFrame) -> list[str]:
+    return [f"{s} (not adopted)" if a == "no" else s for s, a in zip(table["step"], table["adopted"])]
+
+
+def _bars(ax, y, values, errors, adopted, lo: float, color: str) -> None:
+    """Horizontal bars from `lo` (axis start) to each value; branches greyed and hatched."""
+    for yi, value, error, is_adopted in zip(y, values, errors, adopted):
+        if pd.isna(value):
+            continue
+        ax.barh(
+            yi, value - lo, left=lo, height=0.7, color=color if is_adopted else BRANCH_COLOR,
+            hatch=None if is_adopted else "//", edgecolor="dimgrey" if not is_adopted else color,
+            xerr=None if pd.isna(error) else error, error_kw={"elinewidth": 1, "capsize": 2},
+        )
+
+
+def _axis_range(values: pd.Series, errors: pd.Series, pad: float, room: float) -> tuple[float, float]:
+    low = (values - errors.fillna(0)).min()
+    high = (values + errors.fillna(0)).max()
+    return math.floor(low - pad), high + room * max(high - low, 1.0) + pad
+
+
+def ladder_figure(full: pd.DataFrame, title: str = "", column: str = "top1") -> Figure:
+    """The paper's Figure 2 with our results: one horizontal bar per rung (baseline at top), ours
+    (mean ± std, GMACs at the run's resolution) on the left, the paper's (± std, GFLOPs) on the
+    right with the Swin reference line; not-adopted branches hatched grey; missing runs marked.
+    `full`: a ladder table (`ladder_table`)."""
+    refs = full[full["adopted"] == "ref"]
+    table = full[full["adopted"] != "ref"].reset_index(drop=True)
+    y = np.arange(len(table))
+    adopted = (table["adopted"] == "yes").tolist()
+    fig = Figure(figsize=(12, 1.6 + 0.38 * len(table)), layout="constrained")
+    ax_ours, ax_paper = fig.subplots(1, 2, sharey=True)
+
+    mean, std = table[f"{column}_mean"], table[f"{column}_std"]
+    if mean.notna().any():
+        lo, hi = _axis_range(mean, std, pad=1.0, room=0.25)
+        _bars(ax_ours, y, mean, std, adopted, lo, OURS_COLOR)
+        for yi, m, s, g in zip(y, mean, std.fillna(0), table["gmacs"]):
+            if pd.notna(m) and pd.notna(g):
+                ax_ours.text(m + s + 0.01 * (hi - lo), yi, f"{g:.3g} GMACs", va="center", fontsize=7)
+        ax_ours.set_xlim(lo, hi)
+    else:
+        ax_ours.set_xlim(0, 100)
+    for yi, m in zip(y, mean):
+        if pd.isna(m):
+            ax_ours.text(0.02, yi, "not run yet", va="center", fontsize=7, color="grey", style="italic",
+                         transform=ax_ours.get_yaxis_transform())
+    ax_ours.set_xlabel(f"ours: {'EMA ' if column == 'top1_ema' else ''}top-1 (%), mean ± std over seeds")
+
+    paper, paper_std = table["paper_top1"], table["paper_top1_std"]
+    if paper.notna().any():
+        values = pd.concat([paper, refs["paper_top1"]])
+        lo, hi = _axis_range(values, pd.concat([paper_std, refs["paper_top1_std"]]), pad=0.3, room=0.2)
+        _bars(ax_paper, y, paper, paper_std, adopted, lo, PAPER_COLOR)
+        for yi, m, s, g in zip(y, paper, paper_std.fillna(0), table["paper_gflops"]):
+            if pd.notna(m) and pd.notna(g):
+                ax_paper.text(m + s + 0.01 * (hi - lo), yi, f"{g:.2f} GFLOPs", va="center", fontsize=7)
+        for _, ref in refs.iterrows():
+            ax_paper.axvline(ref["paper_top1"], color="grey", linestyle="--", linewidth=1)
+            ax_paper.text(ref["paper_top1"], -0.6, f" {short_title(ref['title'])}: {ref['paper_top1']:.1f}",
+                          fontsize=7, color="dimgrey", va="bottom")
+        ax_paper.set_xlim(lo, hi)
+    ax_paper.set_xlabel("paper: ImageNet-1K top-1 (%)" + (", mean ± std over 3 seeds" if paper_std.notna().any() else ""))
+
+    ax_ours.set_yticks(y, _bar_labels(table))
+    for label, is_adopted in zip(ax_ours.get_yticklabels(), adopted):
+        label.set_color("black" if is_adopted else "grey")
+    ax_ours.set_ylim(len(table) - 0.5, -1.0)  # baseline at top, room for the reference label
+    for ax in (ax_ours, ax_paper):
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title or "ours vs the paper (Fig. 2)")
+    return fig
+
+
+def scatter_figure(table: pd.DataFrame, x: str, xlabel: str, title: str = "", column: str = "top1") -> Figure:
+    """Our top-1 (mean ± std) against a per-rung column `x` of a ladder table (`ladder_table`), one
+    labelled point per rung; the adopted rungs joined in ladder order, branches as hollow grey points."""
+    table = table.dropna(subset=[f"{column}_mean", x])
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    ax = fig.subplots()
+    path = table[table["adopted"] == "yes"]
+    ax.plot(path[x], path[f"{column}_mean"], color=OURS_COLOR, alpha=0.35, linewidth=1)
+    for _, row in table.iterrows():
+        is_adopted = row["adopted"] == "yes"
+        ax.errorbar(
+            row[x], row[f"{column}_mean"], yerr=None if pd.isna(row[f"{column}_std"]) else row[f"{column}_std"],
+            fmt="o", color=OURS_COLOR if is_adopted else "grey", mfc=OURS_COLOR if is_adopted else "white",
+            capsize=2, markersize=6,
+        )
+        ax.annotate(row["step"], (row[x], row[f"{column}_mean"]), xytext=(4, 4), textcoords="offset points",
+                    fontsize=7, color="black" if is_adopted else "grey")
+    if table.empty:
+        ax.text(0.5, 0.5, "no completed runs yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"ours: {'EMA ' if column == 'top1_ema' else ''}top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    return fig
+
+
+def top1_vs_gmacs_figure(table: pd.DataFrame, image_size: int | None = None, title: str = "") -> Figure:
+    res = f"{image_size}²" if image_size else "the run's resolution"
+    return scatter_figure(table, "gmacs", f"GMACs at {res}", title)
+
+
+def top1_vs_throughput_figure(table: pd.DataFrame, title: str = "") -> Figure:
+    return scatter_figure(table, "train_img_per_s", "measured training throughput (img/s)", title)
+
+
+def _rungs(runs: pd.DataFrame, regime: str) -> Iterator[tuple[Any, str, bool, pd.DataFrame]]:
+    """(colour, rung, dashed, its rows) per rung in ladder order: colours follow the ladder order,
+    branches and variants are dashed."""
+    rungs = runs.groupby(["order", "rung"], sort=True)
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.95, max(rungs.ngroups, 1)))
+    branches = set(load_regime(regime).branches) if known_regime(regime) else set()
+    for color, ((_, rung), group) in zip(colors, rungs):
+        yield color, rung, rung in branches or "-" in rung, group
+
+
+def _label(rung: str, group: pd.DataFrame) -> str:
+    seeds = group["seed"].nunique()
+    return f"{rung} ({seeds} seed{'s' if seeds > 1 else ''})"
+
+
+def _runs(curves: pd.DataFrame, regime: str, seed: int | None) -> pd.DataFrame:
+    runs = curves[curves["regime"] == regime]
+    return runs if seed is None else runs[runs["seed"] == seed]
+
+
+def curves_figure(curves: pd.DataFrame, regime: str = DEFAULT_REGIME, seed: int | None = None, title: str = "") -> Figure:
+    """Validation top-1 (raw and EMA) per epoch, one line per rung (mean over seeds, or `seed`);
+    colours follow the ladder order, branches and variants dashed."""
+    runs = _runs(curves, regime, seed)
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    lines = list(_rungs(runs, regime))
+    for color, rung, dashed, group in lines:
+        mean = group.groupby("epoch")[["val/top1", "val/top1_ema"]].mean()
+        for ax, metric in zip(axes, ["val/top1", "val/top1_ema"]):
+            ax.plot(mean.index + 1, mean[metric], color=color, linestyle="--" if dashed else "-", label=_label(rung, group))
+    for ax, name in zip(axes, ["val top-1 (%)", "val top-1, EMA weights (%)"]):
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if not lines:
+            ax.text(0.5, 0.5, f"no {METRICS_FILE} yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+    axes[0].set_ylabel("top-1 (%)")
+    if lines:
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(title or f"{regime}: training curves ({'seed ' + str(seed) if seed is not None else 'mean over seeds'})")
+    return fig
+
+
+def _dynamics_title(column: str) -> str:
+    name = column.removeprefix(DYN)
+    if name == "grad_norm":
+        return "global gradient norm (before clipping)"
+    if name.startswith("update_ratio/"):
+        return f"update/weight: {name.removeprefix('update_ratio/')}"
+    stage, _, stat = name.partition("_")
+    return f"{stage.replace('stage', 'stage ')}: " + (
+        "residual stream RMS at its output" if stat == "rms" else "last block's branch RMS / input RMS")
+
+
+def dynamics_figure(curves: pd.DataFrame, regime: str = DEFAULT_REGIME, seed: int | None = None, title: str = "") -> Figure:
+    """Training dynamics per epoch (roadmap.diagnostics' dyn/ columns), one line per rung (mean over
+    seeds, or `seed`), log scale: per stage the residual stream's RMS and the last block's branch
+    ratio; the gradient norm and the update/weight ratios. Runs without these columns (recorded
+    before them, or with trainer.diagnostics=false) are left out; with none, the figure says so."""
+    runs = _runs(curves, regime, seed)
+    columns = [c for c in runs if c.startswith(DYN) and runs[c].notna().any()]
+    fig = Figure(figsize=(17, 10), layout="constrained")
+    fig.suptitle(title or f"{regime}: training dynamics ({'seed ' + str(seed) if seed is not None else 'mean over seeds'})")
+    if not columns:
+        ax = fig.subplots()
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"no training-dynamics columns (dyn/…) in these runs' {METRICS_FILE}:\nrecorded before "
+                "roadmap.diagnostics, or with trainer.diagnostics=false", ha="center", va="center", color="grey")
+        return fig
+    rows = [[c for c in columns if c.endswith("_rms")], [c for c in columns if c.endswith("_branch_ratio")],
+            [c for c in columns if not c.endswith(("_rms", "_branch_ratio"))]]
+    rows = [row for row in rows if row]
+    lines = list(_rungs(runs.dropna(subset=columns, how="all"), regime))
+    for subfig, row in zip(np.atleast_1d(fig.subfigures(len(rows), 1)), rows):
+        for ax, column in zip(subfig.subplots(1, len(row), squeeze=False)[0], row):
+            for color, rung, dashed, group in lines:
+                mean = group.groupby("epoch")[column].mean().dropna()
+                ax.plot(mean.index + 1, mean, color=color, linestyle="--" if dashed else "-", label=_label(rung, group))
+            if (runs[column].dropna() > 0).all():
+                ax.set_yscale("log")
+            ax.set_title(_dynamics_title(column), fontsize=8)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+    fig.legend(*fig.axes[0].get_legend_handles_labels(), fontsize=7, loc="outside right center")
+    return fig
+
+
+def report_figures(data: ReportData) -> dict[str, Figure]:
+    """Every figure of the report, keyed by file stem (`ladder`, …; `_<regime>` outside r50)."""
+    figures = {}
+    for regime in data.regimes:
+        suffix, name = regime_suffix(regime), f"{data.name} ({regime})"
+        table = data.ladder(regime)
+        figures[f"ladder{suffix}"] = ladder_figure(table, title=f"{name}: ours vs the paper's Figure 2")
+        figures[f"top1_vs_gmacs{suffix}"] = top1_vs_gmacs_figure(table, data.image_size, title=name)
+        figures[f"top1_vs_throughput{suffix}"] = top1_vs_throughput_figure(table, title=name)
+        figures[f"curves{suffix}"] = curves_figure(data.curves, regime, title=f"{name}: training curves, mean over seeds")
+        figures[f"dynamics{suffix}"] = dynamics_figure(data.curves, regime, title=f"{name}: training dynamics, mean over seeds")
+        if data.compared:
+            figures[f"compare{suffix}"] = comparison_figure(compared_ladders(data, regime), title=f"{regime} ladders compared with the paper's")
+    return figures
+
+
+def regime_suffix(regime: str) -> str:
+    """A regime's file-name suffix: none for the default regime, `_<regime>` for the others."""
+    return "" if regime == DEFAULT_REGIME else f"_{regime}"
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Save with reproducible output (no date in SVG, fixed SVG ids), so re-running does not churn git."""
+    with matplotlib.rc_context({"svg.hashsalt": "roadmap"}):
+        fig.savefig(path, dpi=150, metadata={"Date": None} if path.suffix == ".svg" else None)
+    return path
