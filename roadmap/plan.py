@@ -8,12 +8,14 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from roadmap.ladder import LadderError, arch_config
 from roadmap.model import factory
 from roadmap.model.config import ArchConfig
 from roadmap.recipe import check_optimizer
 from roadmap.results import config_hash
+from roadmap.rundir import RunDirError
 
 # trainer.per_device_batch=auto's ceiling per device kind: conf/trainer/gpu.yaml's and cpu.yaml's
 # per_device_batch (tests/test_run.py checks they agree).
@@ -108,7 +110,13 @@ def valid_per_device_batches(global_batch: int, devices: int) -> list[int]:
 def plan_run(cfg: DictConfig) -> RunPlan:
     """Resolve and check a run's config (composed with its deltas: `ladder.compose_run`, or
     `roadmap.run`'s command line) without touching the disk."""
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    except InterpolationResolutionError as error:  # a name the run directory refuses: its one line
+        refused = _cause(error, RunDirError)
+        if refused is None:
+            raise
+        raise RunConfigError(str(refused)) from None
     trainer = cfg.trainer
     _resolve_auto_trainer(trainer)
     _resolve_auto_batch(cfg)
@@ -132,6 +140,13 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     if arch is not None:
         cfg.model = {"_target_": factory.BUILDER, **asdict(arch)}  # every builder field, as the builder reads it
     return RunPlan(cfg, arch, Path(cfg.output_dir), devices, global_batch // per_step, config_hash(cfg))
+
+
+def _cause(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of `kind` in error's chain (OmegaConf wraps a resolver's error twice)."""
+    while error is not None and not isinstance(error, kind):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def _check_model(cfg: DictConfig) -> ArchConfig | None:

@@ -14,9 +14,12 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +52,24 @@ LOCK_STALE_S = 600  # a lock from another host that has not been refreshed this 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's, as on the console
 
 
+# A name that becomes a folder: no separator, no "..", not hidden (a rung's name may hold + and =).
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,+=-]*")
+
+log = logging.getLogger("roadmap.rundir")
+
+
 class RunDirError(ValueError):
-    """A run directory that holds something else than this run (names the directory and what to do)."""
+    """A run directory that cannot be used: a name that would leave output_root, or a directory that
+    holds something else than this run (names the key or the directory, and what to do)."""
+
+
+def check_name(key: str, value: object) -> str:
+    """`value` as a folder name, or RunDirError naming the key: nothing may write outside output_root."""
+    name = str(value)
+    if not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise RunDirError(f"{key}={value!r} cannot name a folder: use letters, digits and _ . , + = - "
+                          "(no '/', no '..', not starting with '.')")
+    return name
 
 
 # ---- the layout ---------------------------------------------------------------------------------
@@ -60,8 +79,21 @@ def rung_dir(step: str, variant: str | None = None) -> str:
     return step if variant in (None, "", "null") else f"{step}-{variant}"
 
 
+def refuse_unsafe_names(prog: str, argv: Sequence[str]) -> None:
+    """Exit 2 with one line when the command line gives a name that cannot be a folder, before Hydra
+    creates any folder from it (the sweep's log folder, the report's)."""
+    for arg in argv[1:]:
+        key, given, value = arg.lstrip("+~").partition("=")
+        if given and key in ("experiment_name", "variant", "step", "regime") and value not in ("", "null"):
+            try:
+                check_name(key, value)
+            except RunDirError as error:
+                print(f"{prog}: error: {error}", file=sys.stderr)
+                sys.exit(2)
+
+
 def experiment_dir(output_root: str | Path, experiment: str) -> Path:
-    return Path(output_root) / str(experiment)
+    return Path(output_root) / check_name("experiment_name", experiment)
 
 
 def run_label(regime: str, step: str, variant: str | None, seed: int) -> str:
@@ -70,8 +102,15 @@ def run_label(regime: str, step: str, variant: str | None, seed: int) -> str:
 
 
 def run_dir(output_root: str | Path, experiment: str, regime: str, step: str, variant: str | None, seed: int) -> Path:
-    """The run's directory: deterministic, so a resumed or requeued run finds its last.ckpt."""
-    return experiment_dir(output_root, experiment) / run_label(regime, step, variant, seed)
+    """The run's directory: deterministic, so a resumed or requeued run finds its last.ckpt. Every
+    name is checked (`check_name`), and the path must stay inside output_root."""
+    check_name("regime", regime), check_name("step", step), check_name("seed", seed)
+    if variant not in (None, "", "null"):
+        check_name("variant", variant)
+    path = experiment_dir(output_root, experiment) / run_label(regime, step, variant, seed)
+    if not Path(os.path.normpath(path)).is_relative_to(os.path.normpath(output_root)):
+        raise RunDirError(f"the run directory {path} is outside output_root={output_root}")
+    return path
 
 
 def run_name(experiment: str, regime: str, step: str, variant: str | None, seed: int) -> str:
@@ -237,16 +276,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> str | None:
+    """When process `pid` started, as "<boot id>:<start time in clock ticks>" (Linux /proc), so that a
+    PID reused after the lock's process ended, or after a reboot, is not taken for it; None elsewhere."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{fields[19]}"  # field 22 of stat; the split starts after the command's ")" at field 3
+
+
 def lock_holder(out_dir: Path) -> dict[str, Any] | None:
-    """The live process that holds the run's lock, or None (no lock, or a dead/stale one)."""
+    """The live process that holds the run's lock, or None: no lock, a dead or stale one, or a file
+    that is not a lock (named in a warning, and treated as stale)."""
     path = Path(out_dir) / LOCK_FILE
     try:
         holder = json.loads(path.read_text())
         age = time.time() - path.stat().st_mtime
-    except (FileNotFoundError, json.JSONDecodeError):
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        holder, age = error, 0.0
+    if not isinstance(holder, dict) or isinstance(holder.get("pid"), bool) or not isinstance(holder.get("pid"), int):
+        log.warning("%s is not a lock (a JSON object with a pid): treated as stale", path)
         return None
     if holder.get("host") == platform.node():
-        return holder if _pid_alive(int(holder.get("pid", -1))) else None
+        alive = _pid_alive(holder["pid"])
+        started = holder.get("process_start")
+        return holder if alive and (started is None or started == process_start(holder["pid"])) else None
     return holder if age < LOCK_STALE_S else None
 
 
@@ -261,7 +319,7 @@ def acquire_lock(out_dir: Path) -> None:
             f"(since {holder.get('started')}); wait for it or stop it"
         )
     record = {"pid": os.getpid(), "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "slurm_job_id": job}
+              "process_start": process_start(os.getpid()), "slurm_job_id": job}
     write_atomic(Path(out_dir) / LOCK_FILE, json.dumps(record) + "\n")
 
 
@@ -328,8 +386,10 @@ class Attempt:
         self._loggers = [logging.getLogger(), *loggers]
         for logger in self._loggers:
             logger.addHandler(self._handler)
-        if self.action == "rerun":
-            shutil.rmtree(self.work, ignore_errors=True)  # an earlier forced rerun that did not complete
+        if self.action == "rerun":  # an earlier forced rerun that did not complete (a link is removed, not followed)
+            if self.work.is_symlink() or self.work.is_file():
+                self.work.unlink()
+            shutil.rmtree(self.work, ignore_errors=True)
 
     def close(self, committed: bool) -> None:
         """Close run.log and release the lock; an attempt that never committed leaves the directory as it was."""

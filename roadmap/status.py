@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from roadmap.ladder import LadderError, conf_dir
 from roadmap.preset import SweepError, expand, passed_on_overrides, plan_rungs, status_table
+from roadmap.rundir import refuse_unsafe_names
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="status", version_base="1.3")
@@ -24,4 +25,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_unsafe_names("roadmap.status", sys.argv)
     main()

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from roadmap.launch import launch_local, stopped_by_signal
 from roadmap.ladder import LadderError, conf_dir
 from roadmap.preset import SweepError, expand, passed_on_overrides, plan_rungs, status_of, status_table
+from roadmap.rundir import refuse_unsafe_names
 from roadmap.signals import Interrupted, exit_by_signal, raise_on_signals
 
 log = logging.getLogger("roadmap.sweep")
@@ -71,4 +72,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_unsafe_names("roadmap.sweep", sys.argv)
     main()

@@ -39,3 +39,54 @@ def test_two_variants_of_one_rung_get_two_wandb_run_names(tmp_path: Path, monkey
              for v in ("lr_half", "lr_double", "null")}
     assert names == {"smoke/r50/gelu-lr_half/seed0", "smoke/r50/gelu-lr_double/seed0", "smoke/r50/gelu/seed0"}
 
+
+
+@pytest.mark.parametrize("override", ["experiment_name=../../escape", "variant=x/../../../../../escape2",
+                                      "experiment_name=.hidden", "variant=a/b"])
+def test_a_name_that_would_leave_output_root_is_refused_in_one_line(tmp_path: Path, override: str) -> None:
+    import subprocess
+    import sys
+
+    for module in ("roadmap.run", "roadmap.sweep"):
+        args = ["step=gelu"] if module == "roadmap.run" else ["+roadmap=all"]
+        proc = subprocess.run([sys.executable, "-m", module, *args, *SMOKE, f"output_root={tmp_path / 'out'}", override],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        key, value = override.split("=", 1)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            f"{module}: error: {key}={value!r} cannot name a folder: use letters, digits and _ . , + = - "
+            "(no '/', no '..', not starting with '.')"], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written anywhere
+
+
+def test_a_lock_of_a_reused_pid_or_a_malformed_lock_is_stale(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import os
+    import platform
+
+    from roadmap.rundir import LOCK_FILE, acquire_lock, lock_holder, process_start
+
+    acquire_lock(tmp_path)
+    assert lock_holder(tmp_path)["process_start"] == process_start(os.getpid())  # this live process holds it
+    lock = tmp_path / LOCK_FILE
+    reused = {"pid": 1, "host": platform.node(), "process_start": "another-boot:123"}  # PID 1 lives, but is not it
+    lock.write_text(json.dumps(reused))
+    assert lock_holder(tmp_path) is None
+    lock.write_text("[1, 2]")
+    with caplog.at_level("WARNING", logger="roadmap.rundir"):
+        assert lock_holder(tmp_path) is None
+    assert caplog.records[0].getMessage() == f"{lock} is not a lock (a JSON object with a pid): treated as stale"
+
+
+def test_a_forced_rerun_never_follows_a_link_left_in_the_run_directory(tmp_path: Path) -> None:
+    from roadmap.rundir import RERUN_DIR, Attempt
+
+    out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    out.mkdir(), elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("not the run's")
+    (out / RERUN_DIR).symlink_to(elsewhere)
+    attempt = Attempt(out, "rerun")
+    attempt.open()
+    try:
+        assert not (out / RERUN_DIR).exists() and (elsewhere / "keep.txt").is_file()
+    finally:
+        attempt.close(committed=False)
