@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from roadmap.analysis.results_table import collect
 from roadmap.ladder import conf_dir
-from roadmap.rundir import RESULTS_CSV, RESULTS_PARQUET, SUMMARY_CSV, experiment_dir
+from roadmap.rundir import RESULTS_CSV, RESULTS_PARQUET, SUMMARY_CSV, experiment_dir, refuse_unsafe_names
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="collect", version_base="1.3")
@@ -30,4 +30,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_unsafe_names("roadmap.collect", sys.argv)
     main()

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from roadmap import rundir
 from roadmap.analysis import write_report
 from roadmap.ladder import conf_dir
-from roadmap.rundir import RESULTS_CSV, experiments_with, list_runs
+from roadmap.rundir import RESULTS_CSV, experiments_with, list_runs, refuse_unsafe_names
 
 
 def _other_experiment(output_root: str, key: str, name: str) -> Path:
@@ -54,5 +54,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_unsafe_names("roadmap.report", sys.argv)
     matplotlib.use("Agg")
     main()

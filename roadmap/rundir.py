@@ -46,6 +46,7 @@ RESULTS_CSV = "results.csv"
 RESULTS_PARQUET = "results.parquet"
 SUMMARY_CSV = "summary.csv"
 REPORT_DIR = "report"
+REPORT_MD = "ladder.md"  # the report's tables and figure links, in REPORT_DIR
 SLURM_DIR = "slurm"  # submitit's logs and pickles
 
 LOCK_STALE_S = 600  # a lock from another host that has not been refreshed this long is stale

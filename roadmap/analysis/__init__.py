@@ -19,15 +19,15 @@ from roadmap.analysis.figures import (
     top1_vs_gmacs_figure, top1_vs_throughput_figure,
 )
 from roadmap.analysis.load import ReportData, load_curves, load_report_data
-from roadmap.analysis.markdown import LADDER_MD, markdown_report, markdown_table, status_note, variants_table
+from roadmap.analysis.markdown import markdown_report, markdown_table, status_note, variants_table
 from roadmap.analysis.proxy_study import comparison_figure, comparison_table, study_table
 from roadmap.analysis.results_table import collect, load_results, summarize
 from roadmap.analysis.tables import DEFAULT_REGIME, ladder_table, missing_rungs, parent_step
-from roadmap.rundir import REPORT_DIR, RunDir
+from roadmap.rundir import REPORT_DIR, REPORT_MD, RunDir
 from roadmap.statistics import beyond_noise, gain_agreement, ordered_pairs, seed_spread, spearman
 
 __all__ = [
-    "DEFAULT_REGIME", "FIGURES", "LADDER_MD", "ReportData", "beyond_noise", "collect", "comparison_figure",
+    "DEFAULT_REGIME", "FIGURES", "ReportData", "beyond_noise", "collect", "comparison_figure",
     "comparison_table", "curves_figure", "dynamics_figure", "gain_agreement", "ladder_figure", "ladder_table",
     "load_curves", "load_report_data", "load_results", "markdown_report", "markdown_table", "missing_rungs",
     "ordered_pairs", "parent_step", "report_figures", "save_figure", "scatter_figure", "seed_spread", "spearman",
@@ -54,6 +54,6 @@ def write_report(experiment_dir: str | Path, report_dir: str | Path | None = Non
     written = []
     for stem, fig in report_figures(data).items():
         written += [save_figure(fig, report_dir / f"{stem}.{fmt}") for fmt in formats]
-    markdown = report_dir / LADDER_MD
+    markdown = report_dir / REPORT_MD
     markdown.write_text(markdown_report(data, figure_format=formats[0] if formats else None))
     return [*written, markdown]

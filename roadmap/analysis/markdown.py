@@ -15,9 +15,6 @@ from roadmap.analysis.tables import DEFAULT_REGIME, missing_rungs
 from roadmap.ladder import list_steps
 from roadmap.statistics import beyond_noise, gain_agreement, ordered_pairs, seed_spread, spearman
 
-LADDER_MD = "ladder.md"
-
-
 def status_note(data: ReportData, regime: str = DEFAULT_REGIME) -> str:
     """One line on how complete the experiment is, e.g. for a notebook."""
     missing, total = missing_rungs(data.summary, regime), len(list_steps(regime))
