@@ -15,7 +15,7 @@ RUN_DIR_OWNER = PACKAGE / "rundir.py"
 # What only the run-directory module may spell: the layout and the names of a run's and an experiment's files.
 RUN_PATH_PATTERN = re.compile(
     r"/seed|seed(\{|\$\{|\*)|\*/\*/|^(config\.yaml|result\.json|last\.ckpt|metrics\.csv|previous_metrics\.csv|"
-    r"run\.log|stdout\.log|running\.json|slurm_job\.json|results\.csv|results\.parquet|summary\.csv)$"
+    r"run\.log|stdout\.log|running\.json|slurm_job\.json|results\.csv|results\.parquet|summary\.csv|ladder\.md)$"
 )
 
 
