@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 
 
 def spearman(table: pd.DataFrame, column: str = "top1_mean", lower_is_better: bool = False) -> tuple[float, int]:
@@ -22,25 +23,66 @@ def spearman(table: pd.DataFrame, column: str = "top1_mean", lower_is_better: bo
     return float(ours.rank().corr(rows["paper_top1"].rank())), len(rows)
 
 
-def ordered_pairs(table: pd.DataFrame, min_gap: float = 0.5) -> tuple[int, int]:
+def ordered_pairs(table: pd.DataFrame, min_gap: float = 0.5, column: str = "top1_mean",
+                  lower_is_better: bool = False) -> tuple[int, int]:
     """Of the pairs of adopted rungs (both with results) whose paper top-1 differs by at least
-    `min_gap` points (the pairs a proxy can hope to resolve), how many our means order the same
-    way: (agree, of)."""
-    rows = table[table["adopted"] == "yes"].dropna(subset=["top1_mean", "paper_top1"])
-    ours, paper = rows["top1_mean"].to_numpy(), rows["paper_top1"].to_numpy()
-    agree = total = 0
-    for i in range(len(rows)):
-        for j in range(i + 1, len(rows)):
-            if abs(paper[i] - paper[j]) >= min_gap:
-                total += 1
-                agree += bool(np.sign(ours[i] - ours[j]) == np.sign(paper[i] - paper[j]))
-    return agree, total
+    `min_gap` points (the pairs a proxy can hope to resolve), how many our `column` orders the same
+    way (a tie orders none): (agree, of)."""
+    rows = table[table["adopted"] == "yes"].dropna(subset=[column, "paper_top1"])
+    ours = (-1 if lower_is_better else 1) * rows[column].to_numpy(dtype=float)
+    agree = _pair_agreement(ours[None, :], rows["paper_top1"].to_numpy(), min_gap)
+    return int(agree[0][0]), int(agree[1])
 
 
-def gain_agreement(table: pd.DataFrame) -> tuple[int, int]:
-    """How many steps (adopted or branch) move top-1 the same way as in the paper: (agree, of)."""
-    rows = table[table["adopted"].isin(["yes", "no"])].dropna(subset=["gain", "paper_gain"])
-    return int((np.sign(rows["gain"]) == np.sign(rows["paper_gain"])).sum()), len(rows)
+def _pair_agreement(ours: np.ndarray, paper: np.ndarray, min_gap: float) -> tuple[np.ndarray, int]:
+    """Per row of `ours` (draws x rungs), the pairs ordered as `paper` orders them, of the pairs it separates."""
+    i, j = np.triu_indices(len(paper), 1)
+    resolved = np.abs(paper[i] - paper[j]) >= min_gap
+    i, j = i[resolved], j[resolved]
+    return (np.sign(ours[:, i] - ours[:, j]) == np.sign(paper[i] - paper[j])).sum(axis=1), len(i)
+
+
+def gain_agreement(table: pd.DataFrame, column: str = "top1_mean", lower_is_better: bool = False) -> tuple[int, int]:
+    """How many steps (adopted or branch) move `column` (top-1: the table's `gain`) the way the paper
+    moves top-1 (a step that leaves it unchanged agrees with none): (agree, of)."""
+    by_step = table.set_index("step")[column]
+    rows = table[table["adopted"].isin(["yes", "no"]) & table["parent"].isin(by_step.index)]
+    gain = rows[column].to_numpy(dtype=float) - by_step.loc[rows["parent"]].to_numpy(dtype=float)
+    gain = -gain if lower_is_better else gain
+    known = ~np.isnan(gain) & rows["paper_gain"].notna().to_numpy()
+    return int((np.sign(gain[known]) == np.sign(rows["paper_gain"].to_numpy()[known])).sum()), int(known.sum())
+
+
+# The rankings a proxy is judged by (a ladder-table column; whether lower ranks higher; its per-run
+# column in the results), and the predictors that train nothing: a proxy whose ranking does not beat
+# theirs tells nothing that counting MACs does not.
+RANKINGS = {"our top-1": ("top1_mean", False, "top1"), "our EMA top-1": ("top1_ema_mean", False, "top1_ema"),
+            "our training-loss sum (lower ranks higher)": ("train_loss_sum_mean", True, "train_loss_sum")}
+NULL_RANKINGS = {"MACs at the run's resolution (trains nothing)": ("gmacs", False, None),
+                 "parameters (trains nothing)": ("params", False, None)}
+
+
+def bootstrap_agreement(table: pd.DataFrame, runs: pd.DataFrame, column: str, lower_is_better: bool, run_column: str,
+                        min_gap: float = 0.5, draws: int = 2000, seed: int = 0
+                        ) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """95% bootstrap intervals of Spearman ρ and of the ordered pairs (`spearman`, `ordered_pairs`)
+    of `column`: each adopted rung's seeds (`runs`' `run_column`, one row per completed run) are
+    resampled with replacement, `draws` times. None when no rung has 2 seeds (no interval can be given)."""
+    rows = table[table["adopted"] == "yes"].dropna(subset=[column, "paper_top1"])
+    values = [runs.loc[runs["step"] == step, run_column].dropna().to_numpy(dtype=float) for step in rows["step"]]
+    if len(rows) < 3 or max((len(v) for v in values), default=0) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = np.column_stack([rng.choice(v, size=(draws, len(v))).mean(axis=1) for v in values])
+    means = -means if lower_is_better else means
+    paper = rows["paper_top1"].to_numpy(dtype=float)
+    ranks, paper_ranks = rankdata(means, axis=1), rankdata(paper)
+    centred, paper_centred = ranks - ranks.mean(axis=1, keepdims=True), paper_ranks - paper_ranks.mean()
+    with np.errstate(invalid="ignore", divide="ignore"):  # a draw with every rung tied has no ρ
+        rho = centred @ paper_centred / (np.linalg.norm(centred, axis=1) * np.linalg.norm(paper_centred))
+    pairs = _pair_agreement(means, paper, min_gap)[0]
+    low, high = np.nanpercentile(rho, [2.5, 97.5])
+    return (float(low), float(high)), tuple(float(p) for p in np.percentile(pairs, [2.5, 97.5]))
 
 
 

@@ -36,6 +36,13 @@ class ReportData:
             self.tables[regime] = ladder_table(self.summary, regime)
         return self.tables[regime]
 
+    def plain_runs(self, regime: str = DEFAULT_REGIME) -> pd.DataFrame:
+        """The regime's completed runs of plain rungs (no variant), one row per run and seed."""
+        runs = self.results
+        if runs.empty:
+            return runs
+        return runs[(runs["regime"] == regime) & (runs["status"] == "completed") & runs["variant"].isna()]
+
     @property
     def name(self) -> str:
         return self.experiment_dir.name

@@ -13,7 +13,9 @@ from roadmap.analysis.load import ReportData
 from roadmap.analysis.proxy_study import compared_ladders, comparison_table, study_table
 from roadmap.analysis.tables import DEFAULT_REGIME, missing_rungs
 from roadmap.ladder import list_steps
-from roadmap.statistics import beyond_noise, gain_agreement, ordered_pairs, seed_spread, spearman
+from roadmap.statistics import (
+    NULL_RANKINGS, RANKINGS, beyond_noise, bootstrap_agreement, gain_agreement, ordered_pairs, seed_spread, spearman,
+)
 
 def status_note(data: ReportData, regime: str = DEFAULT_REGIME) -> str:
     """One line on how complete the experiment is, e.g. for a notebook."""
@@ -25,9 +27,10 @@ def status_note(data: ReportData, regime: str = DEFAULT_REGIME) -> str:
     return f"{data.name} ({regime}): {total - len(missing)} of {total} adopted rungs have results; missing: {', '.join(missing)}."
 
 
-def markdown_table(table: pd.DataFrame, image_size: int | None = None) -> str:
+def markdown_table(table: pd.DataFrame, image_size: int | None = None, runs: pd.DataFrame | None = None) -> str:
     """A ladder table (`ladder_table`) in markdown (ours beside the paper's, gains over the parent
-    rung), then the Spearman rank correlation and the gain-sign agreement."""
+    rung), then the Spearman rank correlation and the gain-sign agreement, and the agreement table
+    (`agreement_table`; its intervals need `runs`, the regime's completed plain runs)."""
     res = f"{image_size}²" if image_size else "run res."
     lines = [
         f"| # | step | ours top-1 (n) | ours EMA top-1 | params (M) | GMACs @{res} | train img/s "
@@ -59,7 +62,32 @@ def markdown_table(table: pd.DataFrame, image_size: int | None = None) -> str:
         f"Steps whose top-1 change has the paper's sign: {agree} of {steps}.",
         *_noise_lines(table),
         "Δ: change over the parent rung (a not-adopted branch's parent is the rung it branches off).",
+        "",
+        agreement_table(table, runs),
     ]
+    return "\n".join(lines)
+
+
+def agreement_table(table: pd.DataFrame, runs: pd.DataFrame | None = None) -> str:
+    """How well each ranking of the rungs agrees with the paper's top-1 (Spearman ρ, ordered pairs,
+    step signs), with 95% bootstrap intervals over seeds, beside the predictors that train nothing
+    (`statistics.NULL_RANKINGS`): a proxy is worth its compute only where it beats them."""
+    runs = pd.DataFrame(columns=["step"]) if runs is None else runs
+    lines = ["| ranked by | Spearman ρ [95% interval] | pairs as the paper [95% interval] | signs as the paper |",
+             "|---|---|---|---|"]
+    one_seed = False
+    for name, (column, lower, run_column) in {**RANKINGS, **NULL_RANKINGS}.items():
+        rho, _ = spearman(table, column, lower_is_better=lower)
+        pairs, signs = ordered_pairs(table, column=column, lower_is_better=lower), gain_agreement(table, column, lower)
+        interval = bootstrap_agreement(table, runs, column, lower, run_column) if run_column in runs else None
+        one_seed |= run_column is not None and interval is None and not math.isnan(rho)
+        rho_cell, pairs_cell = num(rho, ".3f"), f"{pairs[0]} of {pairs[1]}"
+        if interval is not None:
+            rho_cell += f" [{interval[0][0]:.2f}, {interval[0][1]:.2f}]"
+            pairs_cell += f" [{interval[1][0]:.0f}, {interval[1][1]:.0f}]"
+        lines.append(f"| {name} | {rho_cell} | {pairs_cell} | {signs[0]} of {signs[1]} |")
+    lines.append("\nIntervals: resampling each rung's seeds (2,000 draws)."
+                 + (" No interval where every rung has one seed." if one_seed else ""))
     return "\n".join(lines)
 
 
@@ -114,7 +142,7 @@ def markdown_report(data: ReportData, figure_format: str | None = "png") -> str:
         parts += ["", f"## {regime}", "", status_note(data, regime), ""]
         if figure_format:
             parts += [f"![{name}]({name}{suffix}.{figure_format})" for name in FIGURES] + [""]
-        parts.append(markdown_table(data.ladder(regime), data.image_size))
+        parts.append(markdown_table(data.ladder(regime), data.image_size, data.plain_runs(regime)))
         variants = variants_table(data.summary, regime)
         if variants:
             parts += ["", "### Variants", "", variants]
@@ -125,5 +153,6 @@ def markdown_report(data: ReportData, figure_format: str | None = "png") -> str:
             parts += ["", "### Compared experiments", ""]
             if figure_format:
                 parts += [f"![compare](compare{suffix}.{figure_format})", ""]
-            parts.append(comparison_table(compared_ladders(data, regime)))
+            parts.append(comparison_table(compared_ladders(data, regime),
+                                          {d.name: d.plain_runs(regime) for d in (data, *data.compared)}))
     return "\n".join(parts) + "\n"

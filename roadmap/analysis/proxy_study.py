@@ -13,7 +13,9 @@ from roadmap.analysis.load import ReportData
 from roadmap.analysis.tables import DEFAULT_REGIME
 from roadmap.ladder import list_steps
 from roadmap.reference import paper_table
-from roadmap.statistics import difference_se, gain_agreement, ordered_pairs, seed_spread, spearman
+from roadmap.statistics import (
+    bootstrap_agreement, difference_se, gain_agreement, ordered_pairs, seed_spread, spearman,
+)
 
 
 def study_table(summary: pd.DataFrame, control: pd.DataFrame, regime: str = DEFAULT_REGIME) -> str:
@@ -52,13 +54,16 @@ def compared_ladders(data: ReportData, regime: str) -> dict[str, pd.DataFrame]:
     return {d.name: d.ladder(regime) for d in (data, *data.compared)}
 
 
-def comparison_table(ladders: dict[str, pd.DataFrame]) -> str:
+def comparison_table(ladders: dict[str, pd.DataFrame], runs: dict[str, pd.DataFrame] | None = None) -> str:
     """One row per experiment (name -> its ladder table, `ladder_table`): how many adopted rungs ran
     and with how many seeds, the first and last adopted rung's top-1 and their gap (with 2 standard
-    errors of it from the pooled seed std), and the agreement with the paper (ρ, ordered pairs, signs)."""
+    errors of it from the pooled seed std), the agreement with the paper (ρ, ordered pairs, signs;
+    95% bootstrap intervals over seeds where `runs`, name -> completed plain runs, has 2 seeds of a
+    rung), and the same for ranking the rungs by MACs, which trains nothing."""
     lines = ["| experiment | rungs (seeds) | first rung | endpoint | endpoint − first (± 2 SE) "
-             "| Spearman ρ | ρ of the loss sum | pairs as the paper | signs as the paper | pooled seed std |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| Spearman ρ | ρ of the loss sum | pairs as the paper | signs as the paper | pooled seed std "
+             "| ρ by MACs (trains nothing) | pairs by MACs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, table in ladders.items():
         adopted = table[table["adopted"] == "yes"]
         ran = adopted.dropna(subset=["top1_mean"])
@@ -69,12 +74,21 @@ def comparison_table(ladders: dict[str, pd.DataFrame]) -> str:
         seeds = "–" if ran.empty else f"{int(ran['n'].min())}" + ("" if ran["n"].min() == ran["n"].max() else f"–{int(ran['n'].max())}")
         rho, loss_rho = spearman(table)[0], spearman(table, "train_loss_sum_mean", lower_is_better=True)[0]
         pairs, signs = ordered_pairs(table), gain_agreement(table)
+        rho_cells = [num(rho, ".3f"), num(loss_rho, ".3f")]
+        pairs_cell = f"{pairs[0]} of {pairs[1]}"
+        seeds_of = (runs or {}).get(name)
+        for k, (column, lower, run_column) in enumerate([("top1_mean", False, "top1"), ("train_loss_sum_mean", True, "train_loss_sum")]):
+            interval = None if seeds_of is None else bootstrap_agreement(table, seeds_of, column, lower, run_column)
+            if interval is not None:
+                rho_cells[k] += f" [{interval[0][0]:.2f}, {interval[0][1]:.2f}]"
+                pairs_cell += f" [{interval[1][0]:.0f}, {interval[1][1]:.0f}]" if k == 0 else ""
+        macs_pairs = ordered_pairs(table, column="gmacs")
         lines.append(
             f"| {name} | {len(ran)}/{len(adopted)} ({seeds}) | {mean_std(first['top1_mean'], first['top1_std'])} "
             f"| {mean_std(last['top1_mean'], last['top1_std'])} "
             f"| {num(gap, signed=True)}{'' if math.isnan(se2) else f' ± {se2:.2f}'} "
-            f"| {num(rho, '.3f')} | {num(loss_rho, '.3f')} | {pairs[0]} of {pairs[1]} | {signs[0]} of {signs[1]} "
-            f"| {num(pooled)} |"
+            f"| {rho_cells[0]} | {rho_cells[1]} | {pairs_cell} | {signs[0]} of {signs[1]} "
+            f"| {num(pooled)} | {num(spearman(table, 'gmacs')[0], '.3f')} | {macs_pairs[0]} of {macs_pairs[1]} |"
         )
     return "\n".join(lines)
 
