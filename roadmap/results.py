@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 # Every result.json has these fields (None where a failed run has no value).
 RESULT_FIELDS = [
     "experiment", "regime", "step", "variant", "seed", "status", "reason",
-    "top1", "top5", "top1_ema", "top5_ema", "top1_max", "top1_ema_max", "train_loss_sum",
+    "top1", "top5", "top1_ema", "top5_ema", "top1_max", "top1_ema_max", "train_loss_sum", "val_loss",
     "params", "gmacs", "gmacs_224", "image_size", "dataset", "num_classes",
     "epochs", "optimizer_steps", "global_batch", "per_device_batch", "accumulate", "devices",
     "num_nodes", "sync_batchnorm", "precision", "channels_last", "augment_on", "decode_on", "lr", "lr_scaled",
@@ -102,6 +102,13 @@ def train_loss_sum(history: Iterable[dict[str, Any]]) -> float | None:
     a resumed run counts each epoch once); None when no epoch has one."""
     losses = [row["train/loss"] for row in history if row.get("train/loss") is not None]
     return round(sum(losses), 6) if losses else None
+
+
+def final_val_loss(history: Iterable[dict[str, Any]]) -> float | None:
+    """The last validation's cross-entropy (metrics.csv's `val/loss`, no label smoothing: the
+    held-out loss, beside the training loss to tell fitting from generalization); None if never validated."""
+    losses = [row["val/loss"] for row in history if row.get("val/loss") is not None]
+    return round(losses[-1], 6) if losses else None
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:

@@ -28,6 +28,8 @@ def ordered_pairs(table: pd.DataFrame, min_gap: float = 0.5, column: str = "top1
     """Of the pairs of adopted rungs (both with results) whose paper top-1 differs by at least
     `min_gap` points (the pairs a proxy can hope to resolve), how many our `column` orders the same
     way (a tie orders none): (agree, of)."""
+    if column not in table:
+        return 0, 0
     rows = table[table["adopted"] == "yes"].dropna(subset=[column, "paper_top1"])
     ours = (-1 if lower_is_better else 1) * rows[column].to_numpy(dtype=float)
     agree = _pair_agreement(ours[None, :], rows["paper_top1"].to_numpy(), min_gap)
@@ -45,6 +47,8 @@ def _pair_agreement(ours: np.ndarray, paper: np.ndarray, min_gap: float) -> tupl
 def gain_agreement(table: pd.DataFrame, column: str = "top1_mean", lower_is_better: bool = False) -> tuple[int, int]:
     """How many steps (adopted or branch) move `column` (top-1: the table's `gain`) the way the paper
     moves top-1 (a step that leaves it unchanged agrees with none): (agree, of)."""
+    if column not in table:
+        return 0, 0
     by_step = table.set_index("step")[column]
     rows = table[table["adopted"].isin(["yes", "no"]) & table["parent"].isin(by_step.index)]
     gain = rows[column].to_numpy(dtype=float) - by_step.loc[rows["parent"]].to_numpy(dtype=float)
@@ -57,7 +61,8 @@ def gain_agreement(table: pd.DataFrame, column: str = "top1_mean", lower_is_bett
 # column in the results), and the predictors that train nothing: a proxy whose ranking does not beat
 # theirs tells nothing that counting MACs does not.
 RANKINGS = {"our top-1": ("top1_mean", False, "top1"), "our EMA top-1": ("top1_ema_mean", False, "top1_ema"),
-            "our training-loss sum (lower ranks higher)": ("train_loss_sum_mean", True, "train_loss_sum")}
+            "our training-loss sum (lower ranks higher)": ("train_loss_sum_mean", True, "train_loss_sum"),
+            "our held-out loss, last validation (lower ranks higher)": ("val_loss_mean", True, "val_loss")}
 NULL_RANKINGS = {"MACs at the run's resolution (trains nothing)": ("gmacs", False, None),
                  "parameters (trains nothing)": ("params", False, None)}
 
@@ -68,6 +73,8 @@ def bootstrap_agreement(table: pd.DataFrame, runs: pd.DataFrame, column: str, lo
     """95% bootstrap intervals of Spearman ρ and of the ordered pairs (`spearman`, `ordered_pairs`)
     of `column`: each adopted rung's seeds (`runs`' `run_column`, one row per completed run) are
     resampled with replacement, `draws` times. None when no rung has 2 seeds (no interval can be given)."""
+    if column not in table or run_column not in runs:
+        return None
     rows = table[table["adopted"] == "yes"].dropna(subset=[column, "paper_top1"])
     values = [runs.loc[runs["step"] == step, run_column].dropna().to_numpy(dtype=float) for step in rows["step"]]
     if len(rows) < 3 or max((len(v) for v in values), default=0) < 2:

@@ -252,6 +252,7 @@ def result_record(plan: RunPlan, parts: Parts, history: list[dict[str, Any]], fi
         "top1_max": best("val/top1") or final.get("val/top1"),
         "top1_ema_max": best("val/top1_ema") or final.get("val/top1_ema"),
         "train_loss_sum": train_loss_sum(history),
+        "val_loss": final.get("val/loss"),
         "optimizer_steps": optimizer_steps,
         "lr": lr,
         "wall_s": round(wall, 2),

@@ -58,3 +58,18 @@ def test_the_report_table_shows_the_null_baseline_and_says_when_no_interval_can_
     two_seeds = agreement_table(table, _runs({"a": [59, 61], "b": [69, 71], "c": [64, 66], "d": [79, 81]}))
     assert "| our top-1 | 0.800 [0.80, 0.80] | 5 of 6 [5, 5] | 2 of 3 |" in two_seeds
     assert "No interval" not in two_seeds
+
+
+def test_a_run_recorded_without_val_loss_gets_its_last_validation_loss(tmp_path) -> None:
+    import json
+
+    from roadmap.analysis import load_results
+    from roadmap.rundir import run_dir
+
+    out = run_dir(tmp_path, "old", "r50", "gelu", None, 0)
+    out.mkdir(parents=True)
+    (out / "result.json").write_text(json.dumps({"regime": "r50", "step": "gelu", "seed": 0, "status": "completed",
+                                                 "top1": 50.0}))
+    (out / "metrics.csv").write_text("epoch,train/loss,val/loss\n0,2.0,1.9\n1,1.5,\n2,1.2,1.4\n3,1.1,\n")
+    row = load_results(tmp_path / "old").iloc[0]
+    assert row["val_loss"] == 1.4 and row["train_loss_sum"] == pytest.approx(5.8)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from roadmap.ladder import ladder_order
 from roadmap.reference import PAPER_COLUMNS, paper_table
-from roadmap.results import RESULT_FIELDS, train_loss_sum
+from roadmap.results import RESULT_FIELDS, final_val_loss, train_loss_sum
 from roadmap.rundir import (
     RESULT_FILE, RESULTS_CSV, RESULTS_PARQUET, SUMMARY_CSV, RunDir, list_runs, read_history, read_result,
 )
@@ -16,12 +16,16 @@ from roadmap.rundir import (
 
 def load_results(folder: Path, runs: list[RunDir] | None = None) -> pd.DataFrame:
     """Every run's result.json (`runs`, default `rundir.list_runs(folder)`), paper numbers joined. A
-    run recorded before result.json had `train_loss_sum` gets it from its metrics.csv, as the run computes it."""
+    run recorded before result.json had `train_loss_sum` or `val_loss` gets them from its metrics.csv,
+    as the run computes them."""
     rows = []
     for run in list_runs(folder) if runs is None else runs:
         row = read_result(run.path)
         if row is not None:
-            row["train_loss_sum"] = row.get("train_loss_sum") or train_loss_sum(read_history(run.path))
+            if row.get("train_loss_sum") is None or row.get("val_loss") is None:
+                history = read_history(run.path)
+                row["train_loss_sum"] = row.get("train_loss_sum") or train_loss_sum(history)
+                row["val_loss"] = row.get("val_loss") or final_val_loss(history)
             rows.append(row)
     columns = RESULT_FIELDS + sorted({k for r in rows for k in r} - set(RESULT_FIELDS))
     table = pd.DataFrame(rows, columns=columns)
@@ -45,7 +49,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
         .agg(
             top1_mean=("top1", "mean"), top1_std=("top1", "std"), n=("top1", "size"),
             top1_ema_mean=("top1_ema", "mean"), top1_ema_std=("top1_ema", "std"),
-            train_loss_sum_mean=("train_loss_sum", "mean"),
+            train_loss_sum_mean=("train_loss_sum", "mean"), val_loss_mean=("val_loss", "mean"),
             params=("params", "first"), gmacs=("gmacs", "first"), gmacs_224=("gmacs_224", "first"),
             train_img_per_s=("train_img_per_s", "mean"),
             paper_top1=("paper_top1", "first"), paper_top1_std=("paper_top1_std", "first"),
