@@ -73,3 +73,4 @@ def test_a_run_recorded_without_val_loss_gets_its_last_validation_loss(tmp_path)
     (out / "metrics.csv").write_text("epoch,train/loss,val/loss\n0,2.0,1.9\n1,1.5,\n2,1.2,1.4\n3,1.1,\n")
     row = load_results(tmp_path / "old").iloc[0]
     assert row["val_loss"] == 1.4 and row["train_loss_sum"] == pytest.approx(5.8)
+

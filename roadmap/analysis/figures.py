@@ -162,17 +162,19 @@ def curves_figure(curves: pd.DataFrame, regime: str = DEFAULT_REGIME, seed: int 
     runs = _runs(curves, regime, seed)
     fig = Figure(figsize=(13, 5), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    lines = list(_rungs(runs, regime))
+    lines = [line for line in _rungs(runs, regime) if line[3]["val/top1"].notna().any()]
     for color, rung, dashed, group in lines:
-        mean = group.groupby("epoch")[["val/top1", "val/top1_ema"]].mean()
+        mean = group.groupby("epoch")[["val/top1", "val/top1_ema"]].mean().dropna(how="all")
         for ax, metric in zip(axes, ["val/top1", "val/top1_ema"]):
-            ax.plot(mean.index + 1, mean[metric], color=color, linestyle="--" if dashed else "-", label=_label(rung, group))
+            ax.plot(mean.index + 1, mean[metric], color=color, linestyle="--" if dashed else "-", marker="o",
+                    markersize=3, label=_label(rung, group))
+    empty = f"no {METRICS_FILE} yet" if runs.empty else "no validation yet (validated every trainer.check_val_every_n_epoch)"
     for ax, name in zip(axes, ["val top-1 (%)", "val top-1, EMA weights (%)"]):
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.grid(alpha=0.3)
         if not lines:
-            ax.text(0.5, 0.5, f"no {METRICS_FILE} yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+            ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, color="grey")
     axes[0].set_ylabel("top-1 (%)")
     if lines:
         axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -214,7 +216,8 @@ def dynamics_figure(curves: pd.DataFrame, regime: str = DEFAULT_REGIME, seed: in
         for ax, column in zip(subfig.subplots(1, len(row), squeeze=False)[0], row):
             for color, rung, dashed, group in lines:
                 mean = group.groupby("epoch")[column].mean().dropna()
-                ax.plot(mean.index + 1, mean, color=color, linestyle="--" if dashed else "-", label=_label(rung, group))
+                ax.plot(mean.index + 1, mean, color=color, linestyle="--" if dashed else "-", marker="o", markersize=3,
+                        label=_label(rung, group))
             if (runs[column].dropna() > 0).all():
                 ax.set_yscale("log")
             ax.set_title(_dynamics_title(column), fontsize=8)
