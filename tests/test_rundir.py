@@ -40,21 +40,29 @@ def test_two_variants_of_one_rung_get_two_wandb_run_names(tmp_path: Path, monkey
     assert names == {"smoke/r50/gelu-lr_half/seed0", "smoke/r50/gelu-lr_double/seed0", "smoke/r50/gelu/seed0"}
 
 
+@pytest.mark.parametrize("key", ["experiment_name", "variant", "step", "regime"])
+@pytest.mark.parametrize("value", ["../../escape", "x/../../../../../escape2", ".hidden", "a/b", ""])
+def test_a_name_that_is_no_plain_folder_name_is_refused(key: str, value: str) -> None:
+    from roadmap.rundir import RunDirError, check_name
 
-@pytest.mark.parametrize("override", ["experiment_name=../../escape", "variant=x/../../../../../escape2",
-                                      "experiment_name=.hidden", "variant=a/b"])
-def test_a_name_that_would_leave_output_root_is_refused_in_one_line(tmp_path: Path, override: str) -> None:
+    with pytest.raises(RunDirError, match=f"^{key}={value!r} cannot name a folder"):
+        check_name(key, value)
+    assert check_name(key, "gelu+layer_norm_without_gelu-x.1") == "gelu+layer_norm_without_gelu-x.1"
+
+
+@pytest.mark.parametrize(("module", "override"), [("roadmap.run", "variant=x/../../../../../escape2"),
+                                                  ("roadmap.sweep", "experiment_name=../../escape")])
+def test_a_name_that_would_leave_output_root_is_refused_in_one_line(tmp_path: Path, module: str, override: str) -> None:
     import subprocess
     import sys
 
-    for module in ("roadmap.run", "roadmap.sweep"):
-        args = ["step=gelu"] if module == "roadmap.run" else ["+roadmap=all"]
-        proc = subprocess.run([sys.executable, "-m", module, *args, *SMOKE, f"output_root={tmp_path / 'out'}", override],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        key, value = override.split("=", 1)
-        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-            f"{module}: error: {key}={value!r} cannot name a folder: use letters, digits and _ . , + = - "
-            "(no '/', no '..', not starting with '.')"], proc.stderr
+    args = ["step=gelu"] if module == "roadmap.run" else ["+roadmap=all"]
+    proc = subprocess.run([sys.executable, "-m", module, *args, *SMOKE, f"output_root={tmp_path / 'out'}", override],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    key, value = override.split("=", 1)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"{module}: error: {key}={value!r} cannot name a folder: use letters, digits and _ . , + = - "
+        "(no '/', no '..', not starting with '.')"], proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written anywhere
 
 
