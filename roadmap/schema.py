@@ -381,8 +381,9 @@ roadmap/model/config.py; tests/test_config_reference.py keeps them equal. Edit t
 
 Every key can be set on the command line of `python -m roadmap.run` (`key=value`), and the same
 keys are passed on by `roadmap.sweep`, `roadmap.status` and `roadmap.inspect`. Each entry gives the
-key, its values, its value in the default run config (`python -m roadmap.run` without overrides:
-`conf/train.yaml` and its default presets) and its meaning. "Not in the config hash" means that
+key, its values, what a config that does not set it means ("Unset"; for a key added later, what
+runs recorded before it had), its value in the default run config (`python -m roadmap.run` without
+overrides: `conf/train.yaml` and its default presets) and its meaning. "Not in the config hash" means that
 changing the key does not make a new run ([runs.md](runs.md#the-config-hash)). A config group
 (`data=<option>`, …) sets every key of its block at once.
 """
@@ -445,11 +446,11 @@ def reference_markdown() -> str:
 
 def _values_line(key: Key, default: Mapping[str, Any]) -> str:
     line = f"Values: {_values(key)}."
+    if key.default is not REQUIRED:
+        line += f" Unset: `{_literal(key.default)}`."
     found = _lookup(default, key.name)
     if found is not REQUIRED:
         line += f" Default run: `{_literal(found)}`."
-    elif key.default is not REQUIRED:
-        line += f" Default `{_literal(key.default)}`."
     return line
 
 
