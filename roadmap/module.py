@@ -97,17 +97,18 @@ class Classifier(L.LightningModule):
         model: nn.Module,
         recipe: dict[str, Any],
         num_classes: int,
-        global_batch: int,
+        global_batch: int | None = None,
         channels_last: bool = False,
         cuda_graphs: bool = False,
+        lr: float | None = None,
     ) -> None:
+        """`lr`: the run's learning rate (`RunPlan.lr`); without it, the recipe's scaled to `global_batch`."""
         super().__init__()
         self.model = model
         self.recipe = recipe
-        self.global_batch = global_batch
         self.channels_last = channels_last
         self.cuda_graphs = cuda_graphs
-        self.lr = scaled_lr(recipe["optimizer"], global_batch)
+        self.lr = lr if lr is not None else scaled_lr(recipe["optimizer"], global_batch)
         self.mixup = build_mixup(recipe, num_classes)
         self.train_loss = build_train_loss(recipe, mixing=self.mixup is not None)
         self.ema: EMA | None = None

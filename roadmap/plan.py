@@ -1,6 +1,7 @@
 """A run's plan: its config resolved (trainer "auto"s filled in), checked before anything is
-written, and the values derived from it (devices, accumulation, config hash). Every command that
-needs to know what a run would do (run, sweep, status, inspect) asks `plan_run`."""
+written (every key against `roadmap.schema`, then what depends on several keys), and the values
+derived from it once (devices, batches, accumulation, learning rate, mixing, config hash). Every
+command that needs to know what a run would do (run, sweep, status, inspect) asks `plan_run`."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -10,10 +11,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from roadmap import schema
 from roadmap.ladder import LadderError, arch_config
 from roadmap.model import factory
 from roadmap.model.config import ArchConfig
-from roadmap.recipe import check_optimizer
+from roadmap.recipe import mixing as recipe_mixing
+from roadmap.recipe import scaled_lr
 from roadmap.results import config_hash
 from roadmap.rundir import RunDirError
 
@@ -21,18 +24,11 @@ from roadmap.rundir import RunDirError
 # per_device_batch (tests/test_run.py checks they agree).
 AUTO_PER_DEVICE_BATCH = {"gpu": 128, "cpu": 64}
 # torch.compile's modes (trainer.compile_mode); those that capture CUDA graphs on a GPU.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES = schema.KEYS["trainer.compile_mode"].choices
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-# Integer keys and their smallest valid value (data.image_size is checked against the rung's stride).
-INTEGER_KEYS = {"recipe.epochs": 1, "recipe.global_batch": 1, "trainer.per_device_batch": 1, "trainer.devices": 1,
-                "trainer.num_nodes": 1, "data.image_size": 1, "data.num_classes": 1,
-                "seed": 0, "trainer.log_every_n_steps": 1, "trainer.check_val_every_n_epoch": 1}
-# Non-negative numbers; those marked True may be null.
-NUMBER_KEYS = {"recipe.optimizer.base_lr": False, "recipe.optimizer.weight_decay": False,
-               "recipe.optimizer.normalized_weight_decay": True}
 
 
-class RunConfigError(ValueError):
+class RunConfigError(schema.ConfigError):
     """The run's configuration cannot work (names the key, the value and what is valid)."""
 
 
@@ -41,8 +37,13 @@ class RunPlan:
     cfg: DictConfig  # resolved; `model` holds the rung's full ArchConfig (builder), trainer "auto"s are filled in
     arch: ArchConfig | None  # None: the regime's model comes from another factory (`model._target_`)
     out_dir: Path
-    devices: int
+    devices: int  # per node
+    per_device_batch: int
+    global_batch: int
     accumulate: int
+    lr: float  # recipe.optimizer.base_lr scaled to the global batch
+    lr_scaled: bool  # the global batch is not the optimizer's base_batch
+    mixing: bool  # MixUp/CutMix on
     config_hash: str
 
     @property
@@ -73,33 +74,13 @@ def _resolve_auto_batch(cfg: DictConfig) -> None:
     trainer.per_device_batch = max(fits, default=valid[0] if valid else 1)  # plan_run names a bad global batch
 
 
-def _check_integers(cfg: DictConfig) -> None:
-    for key, minimum in INTEGER_KEYS.items():
-        value = OmegaConf.select(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise RunConfigError(f"{key}={value!r} must be an integer >= {minimum}")
-
-
-def _check_numbers(cfg: DictConfig) -> None:
-    for key, nullable in NUMBER_KEYS.items():
-        value = OmegaConf.select(cfg, key)
-        if value is None and nullable:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise RunConfigError(f"{key}={value!r} must be a number >= 0" + (" or null" if nullable else ""))
-    try:
-        check_optimizer(cfg.recipe.optimizer)
-    except ValueError as error:
-        raise RunConfigError(str(error)) from None
-
-
 def mixing(cfg: DictConfig) -> bool:
-    return float(cfg.recipe.augment.mixup) > 0 or float(cfg.recipe.augment.cutmix) > 0
+    return recipe_mixing(cfg.recipe)
 
 
 def compile_mode(cfg: DictConfig) -> str:
     """trainer.compile_mode (torch.compile's `mode` under trainer.compile=true); runs recorded before it existed: default."""
-    return str(cfg.trainer.get("compile_mode", "default"))
+    return str(schema.value(cfg.trainer, "trainer.compile_mode"))
 
 
 def valid_per_device_batches(global_batch: int, devices: int) -> list[int]:
@@ -119,12 +100,11 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         raise RunConfigError(str(refused)) from None
     trainer = cfg.trainer
     _resolve_auto_trainer(trainer)
+    try:
+        schema.check(cfg)
+    except schema.ConfigError as error:
+        raise RunConfigError(str(error)) from None
     _resolve_auto_batch(cfg)
-    _check_integers(cfg)
-    _check_numbers(cfg)
-    if compile_mode(cfg) not in COMPILE_MODES:
-        raise RunConfigError(f"trainer.compile_mode={compile_mode(cfg)!r} is not a torch.compile mode; valid: "
-                             f"{list(COMPILE_MODES)}")
     arch = _check_model(cfg)
     devices, nodes = int(trainer.devices), int(trainer.num_nodes)
     per_device, global_batch = int(trainer.per_device_batch), int(cfg.recipe.global_batch)
@@ -135,11 +115,14 @@ def plan_run(cfg: DictConfig) -> RunPlan:
             f"trainer.devices={devices} x trainer.num_nodes={nodes} = {per_step}; valid per_device_batch "
             f"values here: {valid_per_device_batches(global_batch, devices * nodes)[-8:]}"
         )
-    if mixing(cfg) and per_device % 2:
+    mixes = mixing(cfg)
+    if mixes and per_device % 2:
         raise RunConfigError(f"trainer.per_device_batch={per_device} must be even with MixUp/CutMix (timm pairs images)")
     if arch is not None:
         cfg.model = {"_target_": factory.BUILDER, **asdict(arch)}  # every builder field, as the builder reads it
-    return RunPlan(cfg, arch, Path(cfg.output_dir), devices, global_batch // per_step, config_hash(cfg))
+    base_batch = int(cfg.recipe.optimizer.base_batch)
+    return RunPlan(cfg, arch, Path(cfg.output_dir), devices, per_device, global_batch, global_batch // per_step,
+                   scaled_lr(cfg.recipe.optimizer, global_batch), global_batch != base_batch, mixes, config_hash(cfg))
 
 
 def _cause(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:

@@ -12,10 +12,17 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
+from roadmap import schema
+
 
 def scaled_lr(optimizer_cfg: Mapping[str, Any], global_batch: int) -> float:
     """Linear scaling: base_lr at base_batch."""
     return float(optimizer_cfg["base_lr"]) * global_batch / float(optimizer_cfg["base_batch"])
+
+
+def mixing(recipe: Mapping[str, Any]) -> bool:
+    """MixUp or CutMix is on (either alpha > 0)."""
+    return float(recipe["augment"]["mixup"]) > 0 or float(recipe["augment"]["cutmix"]) > 0
 
 
 NORMALIZATIONS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -73,27 +80,14 @@ def param_groups(
     return groups
 
 
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("warmup_cosine", "step")
-
-
-def check_optimizer(opt: Mapping[str, Any]) -> None:
-    """A ValueError naming the key for an optimizer the recipe cannot build."""
-    if opt["name"] not in OPTIMIZERS:
-        raise ValueError(f"recipe.optimizer.name={opt['name']!r} is not supported; valid: {list(OPTIMIZERS)}")
-    if opt["name"] == "sgd" and opt.get("normalized_weight_decay") is not None:
-        raise ValueError(f"recipe.optimizer.normalized_weight_decay={opt['normalized_weight_decay']!r} is an AdamW "
-                         "option; recipe.optimizer.name=sgd decays every parameter alike: set it to null")
-
-
 def build_optimizer(model: nn.Module, recipe: Mapping[str, Any], lr: float) -> torch.optim.Optimizer:
     """AdamW without decay on 1-D parameters (the modern recipe), or SGD with momentum and weight
     decay on every parameter (torchvision's classic ResNet recipe)."""
     opt = recipe["optimizer"]
-    check_optimizer(opt)
-    normalized = opt.get("normalized_weight_decay")
+    schema.check(opt, "recipe.optimizer")
+    normalized = schema.value(opt, "recipe.optimizer.normalized_weight_decay")
     if opt["name"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(opt["momentum"]),
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(schema.value(opt, "recipe.optimizer.momentum")),
                                weight_decay=float(opt["weight_decay"]))
     groups = param_groups(model, float(opt["weight_decay"]), None if normalized is None else float(normalized))
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(opt["betas"]), eps=float(opt["eps"]))
@@ -136,14 +130,12 @@ class StepDecay:
 def build_schedule(
     optimizer: torch.optim.Optimizer, recipe: Mapping[str, Any], lr: float, total_steps: int, steps_per_epoch: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """recipe.schedule.name: `warmup_cosine` (the default; recipes recorded before the key existed
-    have it) or `step` (milestones in epochs, gamma)."""
+    """recipe.schedule.name: `warmup_cosine` or `step` (milestones in epochs, gamma)."""
     sched = recipe["schedule"]
-    name = sched.get("name", "warmup_cosine")
-    if name not in SCHEDULES:
-        raise ValueError(f"recipe.schedule.name={name!r} is not supported; valid: {list(SCHEDULES)}")
-    if name == "step":
-        decay = StepDecay(tuple(float(m) for m in sched["milestones"]), float(sched["gamma"]), steps_per_epoch)
+    schema.check(sched, "recipe.schedule")
+    if schema.value(sched, "recipe.schedule.name") == "step":
+        milestones = tuple(float(m) for m in schema.value(sched, "recipe.schedule.milestones"))
+        decay = StepDecay(milestones, float(schema.value(sched, "recipe.schedule.gamma")), steps_per_epoch)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
     warmup = min(total_steps, round(float(sched["warmup_epochs"]) * steps_per_epoch))
     curve = WarmupCosine(lr, total_steps, warmup, float(sched["warmup_start_lr"]), float(sched["min_lr"]))
@@ -153,7 +145,7 @@ def build_schedule(
 def build_mixup(recipe: Mapping[str, Any], num_classes: int) -> Mixup | None:
     """timm's MixUp/CutMix (per-batch switch, label smoothing in the soft targets), or None."""
     aug = recipe["augment"]
-    if float(aug["mixup"]) <= 0 and float(aug["cutmix"]) <= 0:
+    if not mixing(recipe):
         return None
     return Mixup(
         mixup_alpha=float(aug["mixup"]),

@@ -15,6 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from roadmap import schema
+
 # Every result.json has these fields (None where a failed run has no value).
 RESULT_FIELDS = [
     "experiment", "regime", "step", "variant", "seed", "status", "reason",
@@ -26,21 +28,11 @@ RESULT_FIELDS = [
     "torch_version", "hostname", "finished_at",
 ]
 
-# Keys that do not change what a run computes: moving data or outputs, logging, rerun flags, and
-# how the global batch is executed (per-device batch x accumulation; result.json records both), or
-# its augmentation (data.augment_on: the same distribution, tests/test_gpu_augment.py), where JPEGs are
-# decoded (data.decode_on) and how the same images are stored (data.format); result.json records
-# augment_on and decode_on.
-UNHASHED_KEYS = ["output_root", "output_dir", "force", "logger", "data.root", "data.num_workers", "trainer.compile",
-    "trainer.compile_mode", "trainer.channels_last", "trainer.diagnostics", "trainer.per_device_batch", "data.in_memory", "data.cache_dir",
-    "data.on_bad_image", "data.augment_on", "data.format", "data.decode_on",
-]
-
-
-# Keys added after runs were recorded, with the value every earlier run had: a key holding that
-# value hashes as absent, so the recorded runs keep their hashes (model._target_: the builder).
-LEGACY_VALUES = {"model.init": "trunc_normal", "recipe.init": "trunc_normal", "model.head_init_scale": 1.0,
-                 "model._target_": "roadmap.model.net.build_net"}
+# Keys that do not change what a run computes (the schema's `hashed=False`): moving data or outputs,
+# logging, rerun flags, how the global batch is executed (per-device batch x accumulation; result.json
+# records both), where the augmentation runs and JPEGs are decoded (the same distribution,
+# tests/test_gpu_augment.py; result.json records augment_on and decode_on), how images are stored.
+UNHASHED_KEYS = schema.unhashed_keys()
 
 
 def _pop_dotted(container: dict[str, Any], dotted: str, only_if: Any = ...) -> None:
@@ -66,20 +58,22 @@ def canonical_config(container: dict[str, Any]) -> dict[str, Any]:
     hold them as `arch`, beside a `model` block of command-line overrides already folded into it),
     and of the regime only its name (its baseline, steps and branches are what made `model`)."""
     canonical = dict(container)
-    if "arch" in canonical:
-        canonical["model"] = canonical.pop("arch")
+    for old, new in schema.RENAMED.items():
+        if old in canonical:
+            canonical[new] = canonical.pop(old)
     if isinstance(canonical.get("regime"), dict):
         canonical["regime"] = {"name": canonical["regime"].get("name")}
     return canonical
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """A short hash of what the run computes (`canonical_config`). Null values count as absent,
-    so adding an optional key (default null) to the configs later leaves recorded runs' hashes unchanged."""
+    """A short hash of what the run computes (`canonical_config`). Null values count as absent, and so
+    does a key holding its `schema.LEGACY` value, so adding a key to the configs later leaves recorded
+    runs' hashes unchanged."""
     container = _drop_nulls(canonical_config(OmegaConf.to_container(cfg, resolve=True)))
     for dotted in UNHASHED_KEYS:
         _pop_dotted(container, dotted)
-    for dotted, value in LEGACY_VALUES.items():
+    for dotted, value in schema.LEGACY.items():
         _pop_dotted(container, dotted, only_if=value)
     canonical = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from roadmap.data import DataError
 from roadmap.ladder import conf_dir, rung_argv
-from roadmap.plan import RunConfigError, RunPlan, mixing, plan_run, valid_per_device_batches
+from roadmap.plan import RunConfigError, RunPlan, plan_run, valid_per_device_batches
 from roadmap.rundir import RESULT_FILE, Attempt, plan_action
 from roadmap.signals import Interrupted, exit_by_signal, raise_on_signals
 from roadmap.training import CheckpointError, Parts, attempt_fields, build_parts, is_rank_zero, train, verify_checkpoint
@@ -154,14 +154,14 @@ def _is_out_of_memory(error: Exception) -> bool:
 
 def _out_of_memory_message(plan: RunPlan) -> str:
     cfg = plan.cfg
-    per_device = int(cfg.trainer.per_device_batch)
-    smaller = [b for b in valid_per_device_batches(int(cfg.recipe.global_batch), plan.devices * int(cfg.trainer.num_nodes))
-               if b < per_device and (b % 2 == 0 or not mixing(cfg))]
+    per_device = plan.per_device_batch
+    smaller = [b for b in valid_per_device_batches(plan.global_batch, plan.devices * int(cfg.trainer.num_nodes))
+               if b < per_device and (b % 2 == 0 or not plan.mixing)]
     if not smaller:
         return (f"out of memory at trainer.per_device_batch={per_device}, the smallest possible here; lower "
                 f"data.image_size or use more devices")
     return (f"out of memory at trainer.per_device_batch={per_device}: run the same command with "
-            f"trainer.per_device_batch={smaller[-1]} (same recipe.global_batch={cfg.recipe.global_batch}, more "
+            f"trainer.per_device_batch={smaller[-1]} (same recipe.global_batch={plan.global_batch}, more "
             f"accumulation; it resumes as the same run): {resume_command()} trainer.per_device_batch={smaller[-1]}")
 
 

@@ -66,7 +66,7 @@ def build_parts(plan: RunPlan) -> Parts:
         model = model.to(memory_format=torch.channels_last)
     if cfg.trainer.compile:
         model.compile(mode=compile_mode(cfg))
-    datamodule = build_datamodule(cfg, per_device_batch=int(cfg.trainer.per_device_batch))
+    datamodule = build_datamodule(cfg, per_device_batch=plan.per_device_batch)
     if is_rank_zero():  # other DDP ranks start once rank 0 has checked (and downloaded) the data
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -204,7 +204,7 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
 
     cfg = plan.cfg
     module = Classifier(
-        parts.model, OmegaConf.to_container(cfg.recipe), plan.num_classes, int(cfg.recipe.global_batch),
+        parts.model, OmegaConf.to_container(cfg.recipe), plan.num_classes, lr=plan.lr,
         channels_last=bool(cfg.trainer.channels_last),
         cuda_graphs=bool(cfg.trainer.compile) and compile_mode(cfg) in CUDA_GRAPH_MODES,
     )
@@ -285,8 +285,8 @@ def run_fields(plan: RunPlan) -> dict[str, Any]:
         "dataset": cfg.data.name,
         "num_classes": plan.num_classes,
         "epochs": int(cfg.recipe.epochs),
-        "global_batch": int(cfg.recipe.global_batch),
-        "per_device_batch": int(cfg.trainer.per_device_batch),
+        "global_batch": plan.global_batch,
+        "per_device_batch": plan.per_device_batch,
         "accumulate": plan.accumulate,
         "devices": plan.devices,
         "num_nodes": int(cfg.trainer.num_nodes),
@@ -295,7 +295,7 @@ def run_fields(plan: RunPlan) -> dict[str, Any]:
         "channels_last": bool(cfg.trainer.channels_last),
         "augment_on": augment_on(cfg.data),
         "decode_on": decode_on(cfg.data),
-        "lr_scaled": int(cfg.recipe.global_batch) != int(cfg.recipe.optimizer.base_batch),
+        "lr_scaled": plan.lr_scaled,
         "git_commit": git_commit(),
         "config_hash": plan.config_hash,
         "torch_version": torch.__version__,

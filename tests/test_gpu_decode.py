@@ -14,7 +14,7 @@ from roadmap.data import DataError, build_datamodule, shards
 from roadmap.data.gpu_decode import DeviceDecode, check_decode_on
 from roadmap.data.module import RoadmapDataModule
 from tests.test_data import augment, seed_all
-from tests.test_shards import WNIDS, cfg, fake_imagenet
+from tests.test_shards import cfg, fake_imagenet
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 CPU_ONLY = {"recipe.augment.randaugment": None, "data.decode_on": "gpu", "data.image_size": 32}

@@ -26,5 +26,5 @@ from roadmap.data.transforms import build_eval_transform, build_train_transform
 
 __all__ = [
     "DATASETS", "IMAGENETTE_FOLDERS", "DataError", "RoadmapDataModule", "SyntheticImages", "augment_on", "build_datamodule",
-    "build_datasets", "build_eval_transform", "build_train_transform", "locate_image_folder",
+    "build_datasets", "decode_on", "build_eval_transform", "build_train_transform", "locate_image_folder",
 ]

@@ -22,27 +22,27 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms import functional as F
 
+from roadmap import schema
 from roadmap.data.errors import DataError
 from roadmap.data.gpu_transforms import canvas_size, fit_canvas, on_canvas
 
-DECODE_ON = ("cpu", "gpu")
-
-
 def check_decode_on(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any], cuda: bool) -> str:
     """data.decode_on, checked against CUDA and the recipe's CPU-only augmentations."""
-    where = data_cfg.get("decode_on", "cpu")
-    if where not in DECODE_ON:
-        raise DataError(f"data.decode_on={where!r} is not a choice; use one of {DECODE_ON}.")
+    where = schema.value(data_cfg, "data.decode_on")
+    try:
+        schema.check_value("data.decode_on", where)
+    except schema.ConfigError as error:
+        raise DataError(str(error)) from None
     if where == "cpu":
         return where
     if not cuda:
         raise DataError("data.decode_on=gpu needs CUDA, which is not available here; use data.decode_on=cpu.")
     if data_cfg["name"] not in ("imagenet", "imagenette"):
         raise DataError(f"data.decode_on=gpu decodes JPEG files; data.name={data_cfg['name']!r} has none: use cpu.")
-    if data_cfg.get("in_memory", "auto") is True:
+    if schema.value(data_cfg, "data.in_memory") is True:
         raise DataError("data.decode_on=gpu reads the JPEG bytes, data.in_memory=true the decoded pixels: choose one.")
     for key in ("randaugment", "color_jitter"):
-        if augment_cfg.get(key) and data_cfg.get("augment_on", "cpu") == "cpu":
+        if augment_cfg.get(key) and schema.value(data_cfg, "data.augment_on") == "cpu":
             raise DataError(f"data.decode_on=gpu: recipe.augment.{key}={augment_cfg[key]!r} runs on CPU-decoded PIL "
                             f"images; set recipe.augment.{key}=null, data.augment_on=gpu or data.decode_on=cpu.")
     return where

@@ -33,7 +33,6 @@ from torchvision.transforms.v2 import functional as TF
 from roadmap.data.errors import DataError
 from roadmap.data.transforms import _interpolation, build_rand_augment
 
-AUGMENT_ON = ("cpu", "gpu")
 # PIL's ITU-R 601-2 luma (Image.convert("L")), in its fixed-point weights.
 LUMA = torch.tensor([19595.0, 38470.0, 7471.0], dtype=torch.float64) / 65536
 # PIL's ImageFilter.SMOOTH, the degenerate image of ImageEnhance.Sharpness.

@@ -12,17 +12,15 @@ import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
+from roadmap import schema
 from roadmap.data import shards
 from roadmap.data.errors import DataError
-from roadmap.data.gpu_transforms import AUGMENT_ON, BatchAugment, SourceTransform
+from roadmap.data.gpu_transforms import BatchAugment, SourceTransform
 from roadmap.data.gpu_decode import DeviceDecode, check_decode_on, collate_bytes, read_bytes
 from roadmap.data.memory import InMemoryImages, cache_dir, fits_in_memory
-from roadmap.data.sources import (
-    BAD_IMAGE_POLICIES, CIFAR, DATASETS, SyntheticImages, cifar, image_folder, locate_image_folder,
-)
+from roadmap.data.sources import CIFAR, SyntheticImages, cifar, image_folder, locate_image_folder
 from roadmap.data.transforms import build_eval_transform, build_train_transform
 
-IN_MEMORY = ("auto", True, False)
 MAX_AUTO_WORKERS = 16
 
 
@@ -36,23 +34,23 @@ def resolve_num_workers(value: int | str, devices: int) -> int:
 
 def _in_memory(folder: Path, splits: list[Dataset], data_cfg: Mapping[str, Any]) -> list[Dataset]:
     """The splits decoded in memory when data.in_memory says so (auto: when they fit), else as they are."""
-    setting = data_cfg.get("in_memory", "auto")
+    setting = schema.value(data_cfg, "data.in_memory")
     if setting is False or setting == "auto" and not fits_in_memory(splits):
         return splits
-    cache = cache_dir(folder, data_cfg.get("cache_dir"))
-    on_bad_image = data_cfg.get("on_bad_image", "skip")
+    cache = cache_dir(folder, schema.value(data_cfg, "data.cache_dir"))
+    on_bad_image = schema.value(data_cfg, "data.on_bad_image")
     return [InMemoryImages(split, cache, on_bad_image) for split in splits]
 
 
 def augment_on(data_cfg: Mapping[str, Any]) -> str:
     """data.augment_on: where the training batch is augmented ("cpu": loader workers, per image; "gpu":
     the model's device, per batch). Synthetic data is never augmented."""
-    return "cpu" if data_cfg["name"] == "synthetic" else str(data_cfg.get("augment_on", "cpu"))
+    return "cpu" if data_cfg["name"] == "synthetic" else str(schema.value(data_cfg, "data.augment_on"))
 
 
 def decode_on(data_cfg: Mapping[str, Any]) -> str:
     """data.decode_on: where JPEGs are decoded ("cpu": loader workers; "gpu": the batch, on the device)."""
-    return str(data_cfg.get("decode_on", "cpu"))
+    return str(schema.value(data_cfg, "data.decode_on"))
 
 
 def _raw(data_cfg: Mapping[str, Any]) -> bool:
@@ -66,10 +64,10 @@ def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) 
     image_size = int(data_cfg["image_size"])
     num_classes = int(data_cfg["num_classes"])
     if name == "synthetic":
-        seed = int(data_cfg.get("seed", 0))
+        seed, train_size = int(schema.value(data_cfg, "data.seed")), int(schema.value(data_cfg, "data.train_size"))
         return (
-            SyntheticImages(int(data_cfg["train_size"]), num_classes, image_size, seed, split=0),
-            SyntheticImages(int(data_cfg["val_size"]), num_classes, image_size, seed, split=1),
+            SyntheticImages(train_size, num_classes, image_size, seed, split=0),
+            SyntheticImages(int(schema.value(data_cfg, "data.val_size")), num_classes, image_size, seed, split=1),
         )
 
     if augment_on(data_cfg) == "gpu":  # the workers decode; the datamodule augments the batch on the device
@@ -85,7 +83,7 @@ def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) 
         found, where = len(train_set.classes), str(root)
     else:
         folder = locate_image_folder(data_cfg)
-        on_bad_image = data_cfg.get("on_bad_image", "skip")
+        on_bad_image = schema.value(data_cfg, "data.on_bad_image")
         train_set = image_folder(folder / "train", train_tf, on_bad_image)
         val_set = image_folder(folder / "val", eval_tf, on_bad_image)
         if train_set.classes != val_set.classes:
@@ -116,7 +114,7 @@ class RoadmapDataModule(L.LightningDataModule):
         self.augment_cfg = augment_cfg
         self.per_device_batch = per_device_batch
         self.num_classes = int(data_cfg["num_classes"])
-        self.num_workers = data_cfg.get("num_workers", "auto")
+        self.num_workers = schema.value(data_cfg, "data.num_workers")
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         gpu = augment_on(data_cfg) == "gpu"
@@ -128,7 +126,7 @@ class RoadmapDataModule(L.LightningDataModule):
         if name in ("imagenet", "imagenette"):
             # Downloads Imagenette when asked, and decodes into the in-memory cache once per node.
             self.train_set, self.val_set = build_datasets(self.data_cfg, self.augment_cfg)
-        elif name in CIFAR and self.data_cfg.get("download", True):
+        elif name in CIFAR and schema.value(self.data_cfg, "data.download"):
             cifar(self.data_cfg, train=True, transform=None)
 
     def setup(self, stage: str | None = None) -> None:
@@ -206,25 +204,14 @@ class RoadmapDataModule(L.LightningDataModule):
 
 
 def build_datamodule(cfg: Mapping[str, Any], per_device_batch: int) -> RoadmapDataModule:
-    """The datamodule for the run config `cfg` (uses `cfg.data` and `cfg.recipe.augment`)."""
+    """The datamodule for the run config `cfg` (uses `cfg.data` and `cfg.recipe.augment`); checks `cfg.data`
+    against the schema (`plan_run` has, for a run) and what the data need of the machine and the recipe."""
     data_cfg = cfg["data"]
-    name = data_cfg["name"]
-    if name not in DATASETS:
-        raise DataError(f"data.name={name!r} is not a known dataset; use one of {DATASETS} (data=<name>).")
-    for key in ("image_size", "num_classes"):
-        if int(data_cfg[key]) <= 0:
-            raise DataError(f"data.{key}={data_cfg[key]} must be a positive integer.")
-    workers = data_cfg.get("num_workers", "auto")
-    if workers != "auto" and not (isinstance(workers, int) and workers >= 0):
-        raise DataError(f"data.num_workers={workers!r} must be 'auto' or an integer >= 0.")
-    if data_cfg.get("in_memory", "auto") not in IN_MEMORY:
-        raise DataError(f"data.in_memory={data_cfg['in_memory']!r} must be one of auto, true, false.")
-    if data_cfg.get("augment_on", "cpu") not in AUGMENT_ON:
-        raise DataError(f"data.augment_on={data_cfg['augment_on']!r} must be one of {AUGMENT_ON}.")
-    if data_cfg.get("on_bad_image", "skip") not in BAD_IMAGE_POLICIES:
-        raise DataError(f"data.on_bad_image={data_cfg['on_bad_image']!r} must be one of {BAD_IMAGE_POLICIES}.")
+    try:
+        schema.check(data_cfg, "data")
+    except schema.ConfigError as error:
+        raise DataError(str(error)) from None
     check_decode_on(data_cfg, cfg["recipe"]["augment"], torch.cuda.is_available())
-    shards.check_format(data_cfg)
     if per_device_batch <= 0:
         raise DataError(f"per_device_batch={per_device_batch} must be a positive integer.")
     return RoadmapDataModule(data_cfg, cfg["recipe"]["augment"], per_device_batch)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from roadmap import schema
 from roadmap.data.errors import DataError
 from roadmap.data.sources import describe, image_folder, locate_image_folder
 
@@ -33,7 +34,6 @@ MANIFEST = "roadmap-shards.json"
 MANIFEST_VERSION = 1
 SPLITS = ("train", "val")
 SPLIT_INFO = "roadmap-split.json"  # per split, inside its folder: what the manifest says of it
-FORMATS = ("auto", "folder", "shards")
 INSTALL = "pip install 'roadmap[shards]' (litdata)"
 REWRITE = "write the shards again with python -m roadmap.shards <source> <out> --force"
 
@@ -236,9 +236,11 @@ def dataloader(dataset: Any, **kwargs: Any) -> Any:
 
 
 def check_format(data_cfg: Mapping[str, Any]) -> str:
-    fmt = data_cfg.get("format", "auto")
-    if fmt not in FORMATS:
-        raise DataError(f"data.format={fmt!r} is not a format; use one of {FORMATS}.")
+    fmt = schema.value(data_cfg, "data.format")
+    try:
+        schema.check_value("data.format", fmt)
+    except schema.ConfigError as error:
+        raise DataError(str(error)) from None
     return fmt
 
 

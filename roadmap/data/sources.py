@@ -16,11 +16,12 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 
+from roadmap import schema
 from roadmap.data.errors import DataError
 
 log = logging.getLogger("roadmap.data")
 
-DATASETS = ("imagenet", "imagenette", "cifar10", "cifar100", "synthetic")
+DATASETS = schema.KEYS["data.name"].choices
 
 # Folder that torchvision.datasets.Imagenette extracts into `root`, per `size`.
 IMAGENETTE_FOLDERS = {"full": "imagenette2", "320px": "imagenette2-320", "160px": "imagenette2-160"}
@@ -60,9 +61,6 @@ class SyntheticImages(Dataset):
         noise = torch.from_numpy(rng.random((3, self.image_size, self.image_size), dtype=np.float32))
         label = index % self.num_classes
         return (noise - 0.5) * math.sqrt(12) + self.class_colors[label], label
-
-
-BAD_IMAGE_POLICIES = ("skip", "error")
 
 
 def describe(error: BaseException) -> str:
@@ -199,7 +197,7 @@ def locate_image_folder(data_cfg: Mapping[str, Any]) -> Path:
             f"({', '.join(IMAGENET_ARCHIVES)}) are extracted there once."
         ))
 
-    size = str(data_cfg.get("download_size", "160px"))
+    size = str(schema.value(data_cfg, "data.download_size"))
     if size not in IMAGENETTE_FOLDERS:
         raise DataError(
             f"data.download_size={size!r} is not an Imagenette size; use one of {tuple(IMAGENETTE_FOLDERS)}."
@@ -207,7 +205,7 @@ def locate_image_folder(data_cfg: Mapping[str, Any]) -> Path:
     extracted = root / IMAGENETTE_FOLDERS[size]
     if _has_splits(extracted):
         return extracted
-    if not data_cfg.get("download", True):
+    if not schema.value(data_cfg, "data.download"):
         raise DataError(
             _missing_folder_message(
                 "Imagenette", root, f" Nor does {extracted}; data.download=false, so nothing was downloaded."
@@ -233,7 +231,7 @@ def locate_image_folder(data_cfg: Mapping[str, Any]) -> Path:
 def cifar(data_cfg: Mapping[str, Any], train: bool, transform: Any) -> Dataset:
     name = data_cfg["name"]
     root = Path(data_cfg["root"]).expanduser()
-    download = bool(data_cfg.get("download", True))
+    download = bool(schema.value(data_cfg, "data.download"))
     try:
         return CIFAR[name](str(root), train=train, transform=transform, download=download)
     except Exception as err:

@@ -24,6 +24,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _doc(text: str) -> dict[str, str]:
+    """A field's one-line meaning, for the config reference (docs/config.md)."""
+    return {"doc": text}
+
+
 class ArchConfigError(ValueError):
     """An architecture field has a bad value or an impossible combination with another field."""
 
@@ -36,29 +41,38 @@ class ArchConfig:
     `inverted` block has input/output d_i and hidden width 4·d_i (ConvNeXt).
     """
 
-    depths: list[int] = field(default_factory=lambda: [3, 4, 6, 3])
-    width: int = 64
-    width_mult: float = 1.0  # scales `width`; < 1 gives small proxy models
-    stem: Stem = "resnet"
-    block: BlockKind = "bottleneck"
-    depthwise: bool = False  # spatial conv is depthwise (groups = channels)
-    kernel_size: int = 3  # spatial conv kernel
-    dwconv_position: DwconvPosition = "middle"  # "top": spatial conv first, on the block input
-    activation: Activation = "relu"
-    fewer_activations: bool = False  # one activation per block, between the two 1x1 convs
-    fewer_norms: bool = False  # one norm per block, after the spatial conv
-    norm: Norm = "batch"
-    separate_downsampling: bool = False  # norm + 2x2 stride-2 conv between stages
-    layer_scale: float = 0.0  # init of the per-channel residual scale; 0 disables it
-    drop_path: float = 0.0  # maximum stochastic-depth rate, linear over all blocks
-    num_classes: int = 1000
-    expansion: int = 4
-    # Weight init. "trunc_normal": every conv and Linear N(0, 0.02) truncated, zero bias (the
-    # released ConvNeXt models). "torch_default": convs keep PyTorch's default init (kaiming-
-    # uniform a=sqrt(5), uniform bias), only the Linear head gets N(0, 0.02) and zero bias (the
-    # authors' code for the ladder's rungs). Norms start at weight 1, bias 0 either way.
-    init: Init = "trunc_normal"
-    head_init_scale: float = 1.0  # the head's initial weight and bias are multiplied by this
+    depths: list[int] = field(default_factory=lambda: [3, 4, 6, 3], metadata=_doc("Blocks per stage."))
+    width: int = field(default=64, metadata=_doc("Stage 0's base width d_0 (stage i: `width * 2**i`)."))
+    width_mult: float = field(default=1.0, metadata=_doc("Scales `width`; < 1 gives small proxy models."))
+    stem: Stem = field(default="resnet", metadata=_doc(
+        "`resnet`: 7x7 stride-2 conv, norm, activation, 3x3 stride-2 max pool; `patchify`: 4x4 stride-4 conv."))
+    block: BlockKind = field(default="bottleneck", metadata=_doc(
+        "`bottleneck`: inner width d_i, output 4·d_i (ResNet); `inverted`: in/out d_i, hidden 4·d_i (ConvNeXt)."))
+    depthwise: bool = field(default=False, metadata=_doc("The spatial conv is depthwise (groups = channels)."))
+    kernel_size: int = field(default=3, metadata=_doc("The spatial conv's kernel (odd)."))
+    dwconv_position: DwconvPosition = field(default="middle", metadata=_doc(
+        "`top`: the spatial conv first, on the block input (needs `depthwise`)."))
+    activation: Activation = field(default="relu", metadata=_doc("The activation."))
+    fewer_activations: bool = field(default=False, metadata=_doc(
+        "One activation per block, between the two 1x1 convs (needs `dwconv_position=top`)."))
+    fewer_norms: bool = field(default=False, metadata=_doc(
+        "One norm per block, after the spatial conv (needs `block=inverted`, `dwconv_position=top`)."))
+    norm: Norm = field(default="batch", metadata=_doc("BatchNorm or LayerNorm."))
+    separate_downsampling: bool = field(default=False, metadata=_doc(
+        "Norm + 2x2 stride-2 conv between stages instead of a strided block."))
+    layer_scale: float = field(default=0.0, metadata=_doc(
+        "The per-channel residual scale's init; 0 disables it (from `recipe.layer_scale`)."))
+    drop_path: float = field(default=0.0, metadata=_doc(
+        "The maximum stochastic-depth rate, linear over all blocks, in [0, 1) (from `recipe.drop_path`)."))
+    num_classes: int = field(default=1000, metadata=_doc("The head's classes (from `data.num_classes`)."))
+    expansion: int = field(default=4, metadata=_doc("The bottleneck's output / inner width ratio."))
+    init: Init = field(default="trunc_normal", metadata=_doc(
+        "The weight init (from `recipe.init`). `trunc_normal`: every conv and Linear N(0, 0.02) truncated, zero "
+        "bias (the released ConvNeXt models); `torch_default`: convs keep PyTorch's default init (kaiming-uniform "
+        "a=√5, uniform bias), only the Linear head gets N(0, 0.02) and zero bias (the authors' code for the "
+        "ladder's rungs). Norms start at weight 1, bias 0 either way."))
+    head_init_scale: float = field(default=1.0, metadata=_doc(
+        "The head's initial weight and bias are multiplied by this (from `recipe.head_init_scale`)."))
 
     def __post_init__(self) -> None:
         self.depths = [int(d) for d in self.depths]

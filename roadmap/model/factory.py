@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from roadmap.schema import LEGACY
+
 if TYPE_CHECKING:
     from torch import nn
 
-BUILDER = "roadmap.model.net.build_net"  # the default: ArchConfig fields in, a RoadmapNet out
+BUILDER: str = LEGACY["model._target_"]  # the default: ArchConfig fields in, a RoadmapNet out
 
 
 class FactoryError(ValueError):

@@ -1,0 +1,474 @@
+"""The run config's keys in one table: each key's type, default, valid values, whether it is in the
+config hash, and its meaning. `check` checks a config against it (one line per fault, naming the
+key, the value and what is valid), `value` reads a key with its default, `LEGACY` says what a key
+missing from an old run's config.yaml meant, and `reference_markdown` writes docs/config.md
+(`python -m roadmap.schema > docs/config.md`). The model's keys are `ArchConfig`'s fields.
+
+Light on purpose (no torch): results, the factory and the data package import it."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work: one line naming the key, the value and what is valid."""
+
+
+REQUIRED: Any = type("Required", (), {"__repr__": lambda self: "REQUIRED"})()  # every config sets the key
+
+# Keys added after runs were recorded, with the value a config.yaml without the key meant. A key
+# holding that value hashes as absent, so recorded runs keep their hashes; `value` reads it for an
+# absent key. A schema key listed here defaults to this value.
+LEGACY: dict[str, Any] = {
+    "model._target_": "roadmap.model.net.build_net",  # roadmap's builder (roadmap.model.factory.BUILDER)
+    "model.init": "trunc_normal",
+    "model.head_init_scale": 1.0,
+    "recipe.init": "trunc_normal",
+    "recipe.schedule.name": "warmup_cosine",
+    "recipe.optimizer.normalized_weight_decay": None,
+    "trainer.compile_mode": "default",
+    "data.in_memory": "auto",
+    "data.cache_dir": None,
+    "data.on_bad_image": "skip",
+    "data.augment_on": "cpu",
+    "data.decode_on": "cpu",
+    "data.format": "auto",
+}
+# Blocks renamed since runs were recorded: old name -> name now (config.yaml files written before
+# the rung's deltas were composed by Hydra hold the rung's builder fields as `arch`).
+RENAMED: dict[str, str] = {"arch": "model"}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key. `kind` is what `check` checks: "int", "number", "choice" or None (any value)."""
+
+    name: str  # its dotted path in the run config
+    doc: str  # its meaning (markdown)
+    kind: str | None = None
+    default: Any = REQUIRED  # the value when the config does not set it
+    minimum: float = 0  # "int" and "number"
+    choices: tuple[Any, ...] = ()  # "choice"
+    nullable: bool = False  # null is valid too
+    auto: bool = False  # "auto" is valid too
+    says: str = "must be one of {choices}"  # a bad choice's message after `key=value` ({list}: as a list)
+    values: str = ""  # the reference's "Values:" line when the kind does not say it
+    hashed: bool = True  # False: changing it does not make another run (results.config_hash)
+
+    def __post_init__(self) -> None:
+        if self.default is REQUIRED and self.name in LEGACY:
+            object.__setattr__(self, "default", LEGACY[self.name])
+
+    def error(self, value: Any) -> str | None:
+        """What is wrong with `value` for this key (one line), or None."""
+        if value is None and self.nullable or value == "auto" and self.auto and not isinstance(value, bool):
+            return None
+        head = f"{self.name}={value!r}"
+        if self.kind == "choice":
+            ok = any(value is c if isinstance(c, bool) else value == c and not isinstance(value, bool)
+                     for c in self.choices)
+            if ok:
+                return None
+            if all(isinstance(c, bool) for c in self.choices):
+                return f"{head} must be true or false"
+            return f"{head} {self.says.format(choices=self.choices, list=list(self.choices))}"
+        if self.kind in ("int", "number"):
+            types = int if self.kind == "int" else (int, float)
+            if not isinstance(value, bool) and isinstance(value, types) and value >= self.minimum:
+                return None
+            what = "an integer" if self.kind == "int" else "a number"
+            valid = f"{what} >= {self.minimum:g}"
+            return f"{head} must be " + ("'auto' or " if self.auto else "") + valid + (" or null" if self.nullable else "")
+        return None
+
+
+@dataclass(frozen=True)
+class Group:
+    """A Hydra config group of conf/ (its options are conf/<name>/*.yaml)."""
+
+    name: str
+    doc: str
+    hashed: bool = True
+
+
+def _keys(*keys: Key) -> dict[str, Key]:
+    return {key.name: key for key in keys}
+
+
+UNHASHED = "Not in the config hash."
+
+GROUPS = {g.name: g for g in (
+    Group("regime", "`r50`: ResNet-50 → ConvNeXt-T; `r200`: ResNet-200 → ConvNeXt-B; `bag_of_tricks`: timm's "
+          "ResNet-50 with the Bag of Tricks tweaks ([ladders.md](ladders.md#a-ladder-on-another-model-factory))."),
+    Group("experiment", "Presets of data, recipe, trainer and model:\n"
+          "- `imagenette_proxy_v2`: the recalibrated CPU proxy (the authors' init, 30 epochs);\n"
+          "- `imagenette_proxy`: the first proxy, recorded as the \"before\";\n"
+          "- `smoke`: a few optimizer steps at 32 px on a quarter-width model, to check that a rung runs\n"
+          "  end to end (point `data.root` at a small copy, e.g. `../shared/data/imagenette2-64-mini`);\n"
+          "- `paper_imagenet`: the paper's setting: ImageNet-1K at 224 px, 300 epochs, global batch 4096,\n"
+          "  `trainer=ddp`;\n"
+          "- `imagenette_proxy_v3` (v2 + weight decay 2.0) and `imagenette_proxy_v4` (v2 +\n"
+          "  `normalized_weight_decay` 2.0): rejected proxy candidates.\n\n"
+          "See [../experiments/README.md](../experiments/README.md) for what each proxy gives."),
+    Group("data", "The data set ([data.md](data.md))."),
+    Group("recipe", "The training recipe ([training.md](training.md#the-paper-recipe)); "
+          "`conf/recipe/paper.yaml` sets every key of it."),
+    Group("trainer", "Devices and precision ([training.md](training.md#devices-ddp-precision-compile))."),
+    Group("logger", "CSV is always written; wandb runs offline by itself without an API key or network. "
+          + UNHASHED, hashed=False),
+)}
+
+KEYS: dict[str, Key] = _keys(
+    # The rung and the run.
+    Key("step", "The rung: the regime's baseline plus every step delta up to this one.",
+        values="a step of the regime (`python -m roadmap.inspect` lists them)"),
+    Key("deltas", "An explicit delta list over the baseline instead of the chain to `step`; then `step` is set "
+        "to the list's name ([ladders.md](ladders.md#a-delta-list)).", values="`null`, a list of the regime's steps"),
+    Key("variant", "A named variant of the rung (a preset's `variants:`); its directory is `<step>-<variant>`.",
+        values="`null`, a name"),
+    Key("experiment_name", "The folder under `output_root` that holds the runs; set by the experiment preset. "
+        "Give a study its own name to keep its runs apart (e.g. `experiment=imagenette_proxy_v2 "
+        "experiment_name=proxy_resolution`).", values="a folder name"),
+    Key("seed", "The run's seed; its directory is `seed<k>`.", "int"),
+    Key("output_root", "Where runs go: `<output_root>/<experiment_name>/<regime>/<rung>[-<variant>]/seed<k>/` "
+        "(`$ROADMAP_OUTPUT_DIR`, or `./outputs`). " + UNHASHED, values="a folder", hashed=False),
+    Key("output_dir", "The run's directory, made from the keys above ([runs.md](runs.md)). " + UNHASHED,
+        values="set by `output_root` and the rung", hashed=False),
+    Key("force", "`true` reruns a completed run, in `<run dir>/rerun/` ([runs.md](runs.md#force-reruns)). "
+        + UNHASHED, "choice", choices=(False, True), hashed=False),
+    # Data.
+    Key("data.name", "The data set (`data=<name>` picks its preset).", "choice",
+        choices=("imagenet", "imagenette", "cifar10", "cifar100", "synthetic"),
+        says="is not a known dataset; use one of {choices} (data=<name>)."),
+    Key("data.root", "Where the data set is: an ImageNet layout, the archives, or a shards folder "
+        "([data.md](data.md)); `$ROADMAP_DATA_DIR/<the set's folder>` (`./data` when `ROADMAP_DATA_DIR` is unset). "
+        + UNHASHED, values="a folder (`null` for synthetic)", hashed=False),
+    Key("data.image_size", "The train crop and the eval crop. It must suit the rung's total stride.", "int",
+        minimum=1),
+    Key("data.num_classes", "The classes of the head; the data are checked against it.", "int", minimum=1),
+    Key("data.num_workers", "Loader worker processes per device. `auto`: this process's CPU cores per device, "
+        "at most 16. " + UNHASHED, "int", default="auto", auto=True, hashed=False),
+    Key("data.in_memory", "imagenet / imagenette: decode each split once to uint8 RGB into a cache file and serve "
+        "the decoded pixels. These are the same pixels as decoding the JPEG, so the same run. `auto`: when the "
+        "decoded splits take < 2 GiB (estimated from a sample of headers; imagenette2-64 takes 164 MB). "
+        + UNHASHED + " Does not apply to shards.", "choice", choices=("auto", True, False),
+        says="must be one of auto, true, false.", hashed=False),
+    Key("data.cache_dir", "Where `data.in_memory` keeps its cache: files keyed by the split's paths, sizes and "
+        "mtimes, rebuilt when one changes. `null`: `<data folder>/.roadmap-cache` when the data folder is writable, "
+        "else `$XDG_CACHE_HOME/roadmap` (`~/.cache/roadmap`). " + UNHASHED, values="`null`, a folder", hashed=False),
+    Key("data.augment_on", "Where the training augmentation runs. `cpu`: per image in the loader workers (timm's "
+        "ops on PIL images). `gpu`: per batch on the model's device, after the transfer "
+        "([data.md](data.md#augmentation-on-the-gpu)). Both draw from the same distribution, so the same run: "
+        "not in the config hash; result.json records it as `augment_on`. Synthetic data are not augmented.",
+        "choice", choices=("cpu", "gpu"), hashed=False),
+    Key("data.decode_on", "imagenet / imagenette: `gpu` decodes each batch's JPEG bytes on the GPU (nvjpeg) and "
+        "crops it there ([data.md](data.md#decoding-on-the-gpu)). Needs CUDA, no `data.in_memory=true`. Not in the "
+        "config hash; result.json records it as `decode_on`.", "choice", choices=("cpu", "gpu"),
+        says="is not a choice; use one of {choices}.", hashed=False),
+    Key("data.on_bad_image", "An unreadable image (corrupt, truncated, zero bytes). `skip` logs it by name "
+        "(once), serves the next readable image in its place (or, in memory, leaves it out) and counts it in "
+        "result.json's `skipped_images`. `error` stops the run with a message naming the file. " + UNHASHED,
+        "choice", choices=("skip", "error"), hashed=False),
+    Key("data.format", "imagenet / imagenette: `folder` reads the folder and archive layouts; `shards` reads "
+        "litdata shards written by `python -m roadmap.shards` (`data.root` = their folder). `auto`: `shards` when "
+        "`data.root` holds `roadmap-shards.json`, else `folder`. " + UNHASHED, "choice",
+        choices=("auto", "folder", "shards"), says="is not a format; use one of {choices}.", hashed=False),
+    Key("data.download", "cifar10 / cifar100 / imagenette: download the set into `data.root` when it is missing.",
+        "choice", choices=(True, False), default=True),
+    Key("data.download_size", "imagenette: which of torchvision's Imagenette archives to download.", "choice",
+        choices=("full", "320px", "160px"), default="160px"),
+    Key("data.train_size", "synthetic: training images.", "int", minimum=1, default=1024),
+    Key("data.val_size", "synthetic: validation images.", "int", minimum=1, default=256),
+    Key("data.seed", "synthetic: the images' seed (fixed like a real data set, not the run's seed).", "int",
+        default=0),
+    # Recipe.
+    Key("recipe.name", "The recipe preset's name (`recipe=<name>`).", values="`paper`, `proxy`"),
+    Key("recipe.epochs", "The training epochs.", "int", minimum=1),
+    Key("recipe.global_batch", "The global batch. Accumulation = global / (per-device batch × devices × nodes); "
+        "a batch that does not divide is an error.", "int", minimum=1),
+    Key("recipe.optimizer.name", "`adamw`: no decay on biases and 1-D parameters (the modern recipe); `sgd`: "
+        "momentum and weight decay on every parameter (torchvision's classic recipe).", "choice",
+        choices=("adamw", "sgd"), says="is not supported; valid: {list}"),
+    Key("recipe.optimizer.base_lr", "The learning rate at `base_batch`; lr = base_lr × global_batch / base_batch "
+        "(linear scaling).", "number"),
+    Key("recipe.optimizer.base_batch", "The batch `base_lr` is given for.", "int", minimum=1),
+    Key("recipe.optimizer.betas", "AdamW's betas.", values="two numbers"),
+    Key("recipe.optimizer.eps", "AdamW's eps.", "number"),
+    Key("recipe.optimizer.weight_decay", "The decoupled weight decay (AdamW: none on biases and 1-D parameters).",
+        "number"),
+    Key("recipe.optimizer.normalized_weight_decay", "AdamW's decay for the conv and Linear weights whose output "
+        "goes straight into a BatchNorm, LayerNorm or GroupNorm (found by one forward pass with hooks at model "
+        "setup; listed in a parameter group of their own); the other weights keep `weight_decay`. The norm makes "
+        "such a weight's scale irrelevant, so its decay only sets its effective learning rate "
+        "(`experiment=imagenette_proxy_v4` uses 2.0). `null`: `weight_decay` for every weight. Not with "
+        "`recipe.optimizer.name=sgd`.", "number", nullable=True),
+    Key("recipe.optimizer.momentum", "SGD's momentum (`recipe.optimizer.name=sgd`).", "number", default=0.9),
+    Key("recipe.schedule.name", "The per-step learning-rate schedule: `warmup_cosine` (linear warmup, then "
+        "cosine) or `step` (× `gamma` at each of `milestones`).", "choice", choices=("warmup_cosine", "step"),
+        says="is not supported; valid: {list}"),
+    Key("recipe.schedule.warmup_epochs", "warmup_cosine: the linear warmup's epochs.", "number"),
+    Key("recipe.schedule.warmup_start_lr", "warmup_cosine: the learning rate the warmup starts from.", "number"),
+    Key("recipe.schedule.min_lr", "warmup_cosine: the learning rate the cosine decays to.", "number"),
+    Key("recipe.schedule.milestones", "step: the epochs at which the learning rate is multiplied by `gamma`.",
+        default=[30, 60], values="a list of epochs"),
+    Key("recipe.schedule.gamma", "step: the factor at each milestone.", "number", default=0.1),
+    Key("recipe.augment.interpolation", "RandomResizedCrop's and the eval resize's interpolation.",
+        values="`bicubic`, `bilinear`, …"),
+    Key("recipe.augment.scale", "RandomResizedCrop's area range.", values="two numbers"),
+    Key("recipe.augment.ratio", "RandomResizedCrop's aspect-ratio range.", values="two numbers"),
+    Key("recipe.augment.hflip", "The horizontal flip's probability.", "number"),
+    Key("recipe.augment.randaugment", "RandAugment in timm notation; `null` turns it off.",
+        values="`null`, e.g. `rand-m9-mstd0.5-inc1`"),
+    Key("recipe.augment.color_jitter", "Color jitter's strength; inactive whenever `randaugment` is set, as in "
+        "the official code.", values="a number, `null`"),
+    Key("recipe.augment.random_erasing", "RandomErasing's probability.", "number"),
+    Key("recipe.augment.random_erasing_mode", "RandomErasing's fill (`pixel`: per-pixel random values).",
+        values="`pixel`, `rand`, `const`"),
+    Key("recipe.augment.random_erasing_count", "RandomErasing's boxes per image.", "int"),
+    Key("recipe.augment.mixup", "MixUp's alpha; 0 disables it.", "number"),
+    Key("recipe.augment.cutmix", "CutMix's alpha; 0 disables it.", "number"),
+    Key("recipe.augment.mixup_prob", "The probability of mixing a batch at all.", "number"),
+    Key("recipe.augment.mixup_switch_prob", "The probability of CutMix instead of MixUp, per batch.", "number"),
+    Key("recipe.augment.mixup_mode", "timm's Mixup mode.", values="`batch`, `pair`, `elem`"),
+    Key("recipe.augment.crop_pct", "Eval: resize the short side to `image_size / crop_pct`, center crop "
+        "`image_size`.", "number"),
+    Key("recipe.augment.mean", "The normalization's per-channel mean.", values="three numbers"),
+    Key("recipe.augment.std", "The normalization's per-channel std.", values="three numbers"),
+    Key("recipe.label_smoothing", "Label smoothing (through the mixed soft targets when mixing is on).", "number"),
+    Key("recipe.drop_path", "The maximum stochastic-depth rate (→ `model.drop_path`).", "number"),
+    Key("recipe.layer_scale", "The layer scale's init, 0: off (→ `model.layer_scale`).", "number"),
+    Key("recipe.head_init_scale", "The head's initial weight and bias × this, 0.001 when fine-tuning "
+        "(→ `model.head_init_scale`).", "number"),
+    Key("recipe.init", "The weight init (→ `model.init`). `torch_default` leaves every conv at PyTorch's default "
+        "(kaiming-uniform a=√5, std 1/√(3·fan_in), uniform bias) and gives the Linear head N(0, 0.02), as the "
+        "authors' code trained the ladder's rungs (`recipe=paper`); `trunc_normal` is the released ConvNeXt's "
+        "N(0, 0.02), zero bias, on every conv and Linear (`recipe=proxy`).", "choice",
+        choices=("trunc_normal", "torch_default")),
+    Key("recipe.grad_clip", "The gradient norm's clip; `null`: none.", "number", nullable=True),
+    Key("recipe.ema_decay", "The EMA's decay; the EMA is tracked and evaluated separately (`null` or 0: none).",
+        "number", nullable=True),
+    Key("recipe.ema_warmup", "`true`: the decay is min(decay, (1+n)/(10+n)), so a short run's EMA tracks the "
+        "model early.", values="`null`, `true`, `false`"),
+    # Trainer.
+    Key("trainer.name", "The trainer preset's name (`trainer=<name>`)."),
+    Key("trainer.accelerator", "Lightning's accelerator; `auto`: `gpu` when CUDA is available, else `cpu`.",
+        values="`auto`, `cpu`, `gpu`"),
+    Key("trainer.devices", "Devices per node; one SLURM task per device. `auto`: every visible GPU, or 1.", "int",
+        minimum=1, auto=True),
+    Key("trainer.num_nodes", "Nodes.", "int", minimum=1),
+    Key("trainer.strategy", "Lightning's strategy (`ddp` under `trainer=ddp`).", values="`auto`, `ddp`, …"),
+    Key("trainer.precision", "Lightning's precision; `auto`: `bf16-mixed` on a GPU that has it, else `32-true`.",
+        values="`auto`, `32-true`, `bf16-mixed`, …"),
+    Key("trainer.per_device_batch", "`auto`: the largest batch dividing `recipe.global_batch`, up to "
+        "`trainer=gpu`'s 128 on a GPU and `trainer=cpu`'s 64 on a CPU. A preset or the command line may set it. "
+        "Not in the config hash (see [runs.md](runs.md#the-config-hash)).", "int", minimum=1, auto=True,
+        hashed=False),
+    Key("trainer.sync_batchnorm", "BatchNorm statistics synchronized across devices.", "choice",
+        choices=(False, True)),
+    Key("trainer.channels_last", "The channels-last memory layout (1.0–1.8× faster on CPU too). Not in the config "
+        "hash: it changes results only by float rounding.", "choice", choices=(True, False), hashed=False),
+    Key("trainer.compile", "torch.compile the model. " + UNHASHED, "choice", choices=(False, True), hashed=False),
+    Key("trainer.compile_mode", "torch.compile's mode under `trainer.compile=true`. `reduce-overhead` = CUDA "
+        "graphs, for small models whose step is launch-bound. " + UNHASHED, "choice",
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        says="is not a torch.compile mode; valid: {list}", hashed=False),
+    Key("trainer.diagnostics", "The `dyn/` columns of metrics.csv ([runs.md](runs.md#training-dynamics)). `false` "
+        "turns them off and leaves the weights bitwise the same. " + UNHASHED, "choice", choices=(True, False),
+        hashed=False),
+    Key("trainer.deterministic", "With one CPU/GPU device and `data.num_workers=0`, a resumed run ends with the "
+        "same weights, bit for bit, as an uninterrupted one.", "choice", choices=(False, True)),
+    Key("trainer.limit_train_batches", "Training batches per epoch, a fraction or a count (smoke runs); `null`: "
+        "all.", "number", nullable=True),
+    Key("trainer.limit_val_batches", "Validation batches, a fraction or a count; `null`: all.", "number",
+        nullable=True),
+    Key("trainer.check_val_every_n_epoch", "Validate every n epochs and at the end.", "int", minimum=1),
+    Key("trainer.log_every_n_steps", "The loss is checked for NaN/inf at each log step and at epoch end; plain "
+        "progress lines are printed this often when stdout is not a terminal.", "int", minimum=1),
+    # Logging.
+    Key("logger.wandb", "Also log to Weights & Biases (`logger=wandb`).", "choice", choices=(False, True),
+        hashed=False),
+    Key("logger.project", "The wandb project.", default="roadmap", hashed=False),
+    Key("logger.entity", "The wandb entity; `null`: the API key's default.", default=None, hashed=False),
+)
+
+# Blocks whose keys are not in this table: the rung's model (ArchConfig's fields, or another
+# factory's arguments) and the regime's definition (its baseline, steps and branches).
+BLOCKS = ("model", "regime")
+
+ENVIRONMENT = {
+    "ROADMAP_DATA_DIR": "The folder holding the data sets (`imagenette2-64/`, `imagenet/`, `cifar10/`, …); the "
+                        "default `data.root`.",
+    "ROADMAP_OUTPUT_DIR": "The default `output_root`.",
+    "WANDB_MODE": "Wins over the automatic online/offline choice.",
+    "HYDRA_FULL_ERROR": "`HYDRA_FULL_ERROR=1` also prints the traceback of a one-line error.",
+}
+
+
+def unhashed_keys() -> list[str]:
+    """The keys (and whole groups) `results.config_hash` leaves out."""
+    groups = [g.name for g in GROUPS.values() if not g.hashed]
+    return groups + [k.name for k in KEYS.values() if not k.hashed and k.name.split(".")[0] not in groups]
+
+
+def _lookup(node: Any, path: str) -> Any:
+    """The value at the dotted `path` under `node` (`node` itself for ""), or REQUIRED when absent."""
+    for part in path.split(".") if path else []:
+        if not isinstance(node, Mapping) or part not in node:
+            return REQUIRED
+        node = node[part]
+    return node
+
+
+def value(node: Mapping[str, Any], key: str) -> Any:
+    """`key`'s value in `node`, the block of the config that holds it (e.g. `cfg.data` for `data.in_memory`),
+    or what its absence means: its default (for an old run's config: its LEGACY value)."""
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf in node:
+        return node[leaf]
+    default = KEYS[key].default if key in KEYS else LEGACY[key]
+    if default is REQUIRED:
+        raise KeyError(key)
+    return default
+
+
+def check_value(key: str, value: Any) -> None:
+    """ConfigError when `value` is not valid for `key`."""
+    error = KEYS[key].error(value)
+    if error:
+        raise ConfigError(error)
+
+
+def check(node: Mapping[str, Any], at: str = "") -> None:
+    """Check every key of the schema under `at`, the dotted path of `node` in the run config ("" for the
+    whole config, "data" for its data block, …): its value, or its absence when it has no default; then
+    the rules between keys. The first fault is a ConfigError of one line."""
+    prefix = f"{at}." if at else ""
+    for key in KEYS.values():
+        if not key.name.startswith(prefix):
+            continue
+        found = _lookup(node, key.name[len(prefix):])
+        if found is REQUIRED:
+            if key.default is REQUIRED:
+                if key.kind is None:
+                    raise ConfigError(f"{key.name} is missing; every run config sets it")
+                found = None
+            else:
+                continue
+        check_value(key.name, found)
+    if "recipe.optimizer.".startswith(prefix):
+        optimizer = _lookup(node, "recipe.optimizer"[len(prefix):])
+        if isinstance(optimizer, Mapping):
+            _check_optimizer(optimizer)
+
+
+def _check_optimizer(opt: Mapping[str, Any]) -> None:
+    decay = opt.get("normalized_weight_decay")
+    if opt.get("name") == "sgd" and decay is not None:
+        raise ConfigError(f"recipe.optimizer.normalized_weight_decay={decay!r} is an AdamW option; "
+                          "recipe.optimizer.name=sgd decays every parameter alike: set it to null")
+
+
+# --- the reference (docs/config.md) -------------------------------------------------------------
+
+SECTIONS = {"": "The rung and the run", "model": "Model", "data": "Data", "recipe": "Recipe", "trainer": "Trainer",
+            "logger": "Logging"}
+HEADER = """<!-- Generated by `python -m roadmap.schema > docs/config.md` from roadmap/schema.py and
+roadmap/model/config.py; tests/test_config_reference.py keeps them equal. Edit those, not this file. -->
+# Configuration keys (`conf/`)
+
+Every key can be set on the command line of `python -m roadmap.run` (`key=value`), and the same
+keys are passed on by `roadmap.sweep`, `roadmap.status` and `roadmap.inspect`. Each entry gives the
+key, its values, what a config that does not set it means ("Unset"; for a key added later, what
+runs recorded before it had), its value in the default run config (`python -m roadmap.run` without
+overrides: `conf/train.yaml` and its default presets) and its meaning. "Not in the config hash" means that
+changing the key does not make a new run ([runs.md](runs.md#the-config-hash)). A config group
+(`data=<option>`, …) sets every key of its block at once.
+"""
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
+
+
+def _values(key: Key) -> str:
+    if key.values:
+        return key.values
+    if key.kind == "choice":
+        return ", ".join(f"`{_literal(c)}`" for c in key.choices)
+    text = {"int": f"an integer ≥ {key.minimum:g}", "number": f"a number ≥ {key.minimum:g}"}.get(key.kind, "any")
+    return ("`auto`, " if key.auto else "") + text + (", `null`" if key.nullable else "")
+
+
+def _group_options(name: str) -> list[str]:
+    from roadmap.ladder import conf_dir
+
+    return sorted(p.stem for p in (conf_dir() / name).glob("*.yaml"))
+
+
+def reference_markdown() -> str:
+    """docs/config.md: every key of the schema and every ArchConfig field, by section."""
+    from omegaconf import OmegaConf
+
+    from roadmap.ladder import compose_run, conf_dir
+    from roadmap.model.config import ArchConfig
+
+    default = OmegaConf.to_container(compose_run([]), resolve=False)
+    train = OmegaConf.to_container(OmegaConf.load(conf_dir() / "train.yaml"))
+    chosen = {k: v for entry in train["defaults"] if isinstance(entry, dict) for k, v in entry.items()}
+    lines = [HEADER]
+    for section, title in SECTIONS.items():
+        lines.append(f"## {title}\n")
+        group = GROUPS.get(section)
+        if group is not None:
+            options = ", ".join(f"`{o}`" for o in _group_options(section))
+            lines += [f"### `{section}`", f"Values: {options}. Default `{chosen[section]}`.", group.doc, ""]
+        if section == "":
+            for name in ("regime", "experiment"):
+                options = ", ".join(f"`{o}`" for o in _group_options(name))
+                lines += [f"### `{name}`", f"Values: {options}. Default `{chosen[name]}`.", GROUPS[name].doc, ""]
+        if section == "model":
+            lines += _model_reference(ArchConfig, default["model"])
+            continue
+        for key in KEYS.values():
+            if key.name.split(".")[0] != section and not (section == "" and "." not in key.name):
+                continue
+            lines += [f"### `{key.name}`", _values_line(key, default), key.doc, ""]
+    lines += ["## Environment variables\n"]
+    for name, doc in ENVIRONMENT.items():
+        lines += [f"### `{name}`", doc, ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _values_line(key: Key, default: Mapping[str, Any]) -> str:
+    line = f"Values: {_values(key)}."
+    if key.default is not REQUIRED:
+        line += f" Unset: `{_literal(key.default)}`."
+    found = _lookup(default, key.name)
+    if found is not REQUIRED:
+        line += f" Default run: `{_literal(found)}`."
+    return line
+
+
+def _model_reference(arch: type, default: Mapping[str, Any]) -> list[str]:
+    from roadmap.model.config import CHOICES
+
+    lines = ["### `model.<field>`",
+             "The rung's model: the regime's factory (`model._target_`) and its arguments, the regime's baseline "
+             "changed by the rung's deltas; the command line wins (e.g. `model.kernel_size=5`). Roadmap's builder "
+             "(`_target_` " + f"`{LEGACY['model._target_']}`" + ") takes the `ArchConfig` fields below; another "
+             "factory (e.g. `regime=bag_of_tricks`, timm) takes its own arguments.", ""]
+    for field in dataclasses.fields(arch):
+        values = ", ".join(f"`{c}`" for c in CHOICES[field.name]) if field.name in CHOICES else f"`{field.type}`"
+        given = default.get(field.name, REQUIRED)
+        shown = f" Default run: `{_literal(given)}`." if given is not REQUIRED else ""
+        lines += [f"### `model.{field.name}`", f"Values: {values}.{shown}", field.metadata.get("doc", ""), ""]
+    return lines
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")
