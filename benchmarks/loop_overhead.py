@@ -1,4 +1,4 @@
-"""The cost of roadmap.run's Lightning loop: images/s of `roadmap.module.Classifier` under a
+"""The cost of roadmap.run's Lightning loop: images/s of `roadmap.classifier.Classifier` under a
 `lightning.Trainer` configured as `roadmap.training.train()` configures it, against a bare PyTorch loop
 doing the same work on the same model and the same in-memory batches.
 
@@ -52,7 +52,7 @@ from omegaconf import OmegaConf  # noqa: E402
 import roadmap  # noqa: E402
 from roadmap.diagnostics import TrainingDynamics  # noqa: E402
 from roadmap.ladder import compose_run  # noqa: E402
-from roadmap.module import Classifier  # noqa: E402
+from roadmap.classifier import Classifier  # noqa: E402
 from roadmap.plan import CUDA_GRAPH_MODES, RunPlan, plan_run  # noqa: E402
 from roadmap.training import build_model, build_trainer, run_callbacks  # noqa: E402
 

@@ -38,7 +38,7 @@ from common import REPO, csv_list, environment, load_recipe, print_table
 
 import roadmap  # noqa: E402
 from roadmap.data import build_datamodule  # noqa: E402
-from roadmap.module import Classifier  # noqa: E402
+from roadmap.classifier import Classifier  # noqa: E402
 
 SETTINGS = {"files (before)": "false", "in memory (after)": "true"}
 

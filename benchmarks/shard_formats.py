@@ -5,7 +5,7 @@ ratio against reading the same image files one by one, in the same run.
     python benchmarks/shard_formats.py --split val --rounds 5
 
 One process, one thread. Write: every image's bytes, label, path, index and CRC (litdata:
-`BinaryWriter` of `roadmap.data.shards.shard_item`, as `write_shards` writes, without its decode
+`BinaryWriter` of `roadmap.data.litdata_shards.shard_item`, as `write_shards` writes, without its decode
 check; webdataset: `ShardWriter` tars of the bytes and label), 64 MB shards.
 Read: one pass over every sample's bytes in write order (litdata `StreamingDataset`, webdataset
 `WebDataset`), and litdata's random access `dataset[i]` in a shuffled order; the reference is reading
@@ -32,7 +32,7 @@ from torchvision.datasets import ImageFolder
 from common import environment, print_table
 from input_pipeline import default_data_root
 
-from roadmap.data.shards import shard_item  # noqa: E402 - common puts the repository on sys.path
+from roadmap.data.litdata_shards import shard_item  # noqa: E402 - common puts the repository on sys.path
 
 
 def seconds(fn: Callable[[], object]) -> float:

@@ -109,7 +109,7 @@ class TrainStep:
         self.device, self.precision = device, precision
 
     def __call__(self) -> None:
-        if self.cuda_graphs:  # as roadmap.module.Classifier: each step a new CUDA-graph iteration
+        if self.cuda_graphs:  # as roadmap.classifier.Classifier: each step a new CUDA-graph iteration
             torch.compiler.cudagraph_mark_step_begin()
         with autocast(self.device, self.precision):
             loss = F.cross_entropy(self.model(self.images), self.labels)

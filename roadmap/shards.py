@@ -1,5 +1,5 @@
 """`python -m roadmap.shards <source> <out> [--force] [--chunk-mb 64] [--on-bad-image skip|error]`: write an
-ImageNet layout as litdata shards, read by `data.format=shards` (`roadmap.data.shards`).
+ImageNet layout as litdata shards, read by `data.format=shards` (`roadmap.data.litdata_shards`).
 
 <source> is any layout `data=imagenet` reads (train/ and val/ class folders, or the official archives +
 devkit, extracted first). Each split is written into `<out>/.<split>.partial` and renamed when complete,
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from roadmap.data.errors import DataError
-from roadmap.data.shards import write_shards
+from roadmap.data.litdata_shards import write_shards
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -200,7 +200,7 @@ def startup_lines(plan: RunPlan, parts: Parts, action: str) -> list[str]:
 def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState) -> dict[str, Any] | None:
     """Fit (from work/last.ckpt when resuming) and evaluate; returns the result record on rank 0,
     None on the other ranks."""
-    from roadmap.module import Classifier
+    from roadmap.classifier import Classifier
 
     cfg = plan.cfg
     module = Classifier(

@@ -26,7 +26,7 @@ from torchvision.transforms import functional as F
 
 from roadmap.data import DataError, build_datamodule, build_eval_transform, build_train_transform, memory
 from roadmap.data.memory import InMemoryImages
-from roadmap.data.module import MAX_AUTO_WORKERS, resolve_num_workers
+from roadmap.data.datamodule import MAX_AUTO_WORKERS, resolve_num_workers
 from tests.test_recipe import compose_run
 
 

@@ -25,7 +25,7 @@ from roadmap.data.gpu_transforms import (
     sample_crops, sample_erasing,
 )
 from roadmap.data.transforms import _posterize, build_rand_augment
-from roadmap.module import Classifier
+from roadmap.classifier import Classifier
 from tests.test_data import augment, make_cfg
 from tests.conftest import MINI_DATA, SMOKE
 from tests.test_run import result_of, run_cli

@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from roadmap.data import DataError, build_datamodule, shards
+from roadmap.data import DataError, build_datamodule
+from roadmap.data import litdata_shards as shards
 from roadmap.data.gpu_decode import DeviceDecode, check_decode_on
-from roadmap.data.module import RoadmapDataModule
+from roadmap.data.datamodule import RoadmapDataModule
 from tests.test_data import augment, seed_all
 from tests.test_shards import cfg, fake_imagenet
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import roadmap
 from roadmap import ladder
-from roadmap.module import Classifier, NonFiniteLossError
+from roadmap.classifier import Classifier, NonFiniteLossError
 from roadmap.recipe import WarmupCosine, build_mixup, param_groups, scaled_lr
 
 
@@ -199,7 +199,7 @@ def test_warns_once_when_the_step_waits_on_data(caplog: pytest.LogCaptureFixture
     module = Classifier(tiny, dict(cfg.recipe), 2, 4)
     trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=3, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    with caplog.at_level(logging.WARNING, "roadmap.module"):
+    with caplog.at_level(logging.WARNING, "roadmap.classifier"):
         trainer.fit(module, torch.utils.data.DataLoader(SlowImages(), batch_size=4))
     warnings = [r.getMessage() for r in caplog.records if "waited on data" in r.getMessage()]
     assert len(warnings) == 1 and "epoch 0" in warnings[0] and "data.num_workers" in warnings[0]
@@ -220,7 +220,7 @@ def test_the_classic_recipe_is_sgd_with_step_decay() -> None:
 
 
 def _reference_ema(model: torch.nn.Module, decay: float, warmup: bool) -> torch.optim.swa_utils.AveragedModel:
-    """The EMA as it was before roadmap.module.EMA: torch's AveragedModel, its update reading the count."""
+    """The EMA as it was before roadmap.classifier.EMA: torch's AveragedModel, its update reading the count."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
@@ -237,7 +237,7 @@ def _reference_ema(model: torch.nn.Module, decay: float, warmup: bool) -> torch.
 
 @pytest.mark.parametrize("warmup", [False, True])
 def test_ema_equals_torchs_averaged_model_bitwise_and_across_a_reload(warmup: bool) -> None:
-    from roadmap.module import EMA
+    from roadmap.classifier import EMA
 
     torch.manual_seed(0)
     model = roadmap.build_model("resnet50", num_classes=10, width_mult=0.125)

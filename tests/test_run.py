@@ -118,7 +118,7 @@ def test_per_device_batch_auto_ceiling_is_the_trainer_presets(kind: str) -> None
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_compile_mode_reaches_torch_compile_out_of_the_hash(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
-    from roadmap.module import Classifier
+    from roadmap.classifier import Classifier
     from roadmap.plan import plan_run
     from roadmap.training import build_parts
 

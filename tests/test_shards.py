@@ -1,4 +1,4 @@
-"""roadmap.data.shards: the litdata shard writer and reader, on a tiny fake ImageNet (no network)."""
+"""roadmap.data.litdata_shards: the litdata shard writer and reader, on a tiny fake ImageNet (no network)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,8 @@ from PIL import Image
 from torchvision.datasets.folder import pil_loader
 
 from roadmap import shards as shards_command
-from roadmap.data import DataError, build_datamodule, shards
+from roadmap.data import DataError, build_datamodule
+from roadmap.data import litdata_shards as shards
 from tests.test_data import make_cfg, seed_all, write_bad_images, write_fake_imagenet_archives, write_images
 
 WNIDS = ["n01440764", "n02102040", "n02979186"]

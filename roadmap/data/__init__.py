@@ -20,7 +20,7 @@ datamodule and its config checks), `memory` (data.in_memory), `shards` (data.for
 shards and their writer command), `gpu_decode` (data.decode_on=gpu), `errors`.
 """
 from roadmap.data.errors import DataError
-from roadmap.data.module import RoadmapDataModule, augment_on, build_datamodule, build_datasets, decode_on
+from roadmap.data.datamodule import RoadmapDataModule, augment_on, build_datamodule, build_datasets, decode_on
 from roadmap.data.sources import DATASETS, IMAGENETTE_FOLDERS, SyntheticImages, locate_image_folder
 from roadmap.data.transforms import build_eval_transform, build_train_transform
 

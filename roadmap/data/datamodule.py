@@ -13,7 +13,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
 from roadmap import schema
-from roadmap.data import shards
+from roadmap.data import litdata_shards as shards
 from roadmap.data.errors import DataError
 from roadmap.data.gpu_transforms import BatchAugment, SourceTransform
 from roadmap.data.gpu_decode import DeviceDecode, check_decode_on, collate_bytes, read_bytes

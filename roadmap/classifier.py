@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from roadmap.recipe import build_mixup, build_optimizer, build_schedule, build_train_loss, scaled_lr
 
-log = logging.getLogger("roadmap.module")
+log = logging.getLogger("roadmap.classifier")
 
 # Warn (once per fit) when the train step waited on the loader for more than this share of an epoch.
 DATA_WAIT_WARNING = 0.2
