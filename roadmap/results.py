@@ -56,11 +56,14 @@ def canonical_config(container: dict[str, Any]) -> dict[str, Any]:
     """What a run computes, in one layout for every config.yaml ever written: the rung's full
     builder fields as `model` (config.yaml files written before the deltas were composed by Hydra
     hold them as `arch`, beside a `model` block of command-line overrides already folded into it),
-    and of the regime only its name (its baseline, steps and branches are what made `model`)."""
+    and of the regime only its name (its baseline, steps and branches are what made `model`); an
+    experiment renamed since its runs were recorded under the name they hold."""
     canonical = dict(container)
     for old, new in schema.RENAMED.items():
         if old in canonical:
             canonical[new] = canonical.pop(old)
+    if canonical.get("experiment_name") in schema.RECORDED_EXPERIMENT_NAMES:
+        canonical["experiment_name"] = schema.RECORDED_EXPERIMENT_NAMES[canonical["experiment_name"]]
     if isinstance(canonical.get("regime"), dict):
         canonical["regime"] = {"name": canonical["regime"].get("name")}
     return canonical

@@ -41,6 +41,14 @@ LEGACY: dict[str, Any] = {
 # the rung's deltas were composed by Hydra hold the rung's builder fields as `arch`).
 RENAMED: dict[str, str] = {"arch": "model"}
 
+# Experiment folders renamed to their presets' names since their runs were recorded: name now ->
+# the `experiment_name` those runs hold. Hashed under the recorded name, so the runs (and new runs
+# of the same preset) stay the same runs.
+RECORDED_EXPERIMENT_NAMES: dict[str, str] = {
+    "imagenette_proxy": "imagenette64_proxy", "imagenette_proxy_v2": "imagenette64_proxy_v2",
+    "imagenette_proxy_v3": "imagenette64_proxy_v3", "imagenette_proxy_v4": "imagenette64_proxy_v4",
+}
+
 
 @dataclass(frozen=True)
 class Key:
