@@ -139,10 +139,10 @@ KEYS: dict[str, Key] = _keys(
         values="`null`, a name"),
     Key("experiment_name", "The folder under `output_root` that holds the runs; set by the experiment preset. "
         "Give a study its own name to keep its runs apart (e.g. `experiment=imagenette_proxy_v2 "
-        "experiment_name=proxy_resolution`).", values="a folder name"),
+        "experiment_name=proxy_resolution`). Letters, digits and `_ . , + = -` only.", values="a folder name"),
     Key("seed", "The run's seed; its directory is `seed<k>`.", "int"),
-    Key("output_root", "Where runs go: `<output_root>/<experiment_name>/<regime>/<rung>[-<variant>]/seed<k>/` "
-        "(`$ROADMAP_OUTPUT_DIR`, or `./outputs`). " + UNHASHED, values="a folder", hashed=False),
+    Key("output_root", "Where runs go: the folder that holds every experiment's folder, and in it the run "
+        "directories ([runs.md](runs.md#the-run-directory); `$ROADMAP_OUTPUT_DIR`, or `./outputs`). " + UNHASHED, values="a folder", hashed=False),
     Key("output_dir", "The run's directory, made from the keys above ([runs.md](runs.md)). " + UNHASHED,
         values="set by `output_root` and the rung", hashed=False),
     Key("force", "`true` reruns a completed run, in `<run dir>/rerun/` ([runs.md](runs.md#force-reruns)). "

@@ -106,12 +106,12 @@ def test_the_leave_one_out_preset_runs_on_the_mini_set(tmp_path: Path) -> None:
 
 
 COMMITTED = {  # each committed experiment and the sweep that recorded it
-    "imagenette64_proxy": ["+roadmap=seeds", "roadmap.seeds=[0,1]", "experiment=imagenette_proxy"],
+    "imagenette_proxy": ["+roadmap=seeds", "roadmap.seeds=[0,1]", "experiment=imagenette_proxy"],
     "proxy_study": ["+roadmap=proxy_study", "roadmap.seeds=[0,1]", "experiment=imagenette_proxy",
                     "experiment_name=proxy_study"],  # seed 1 where a change is within 2 SE
-    "imagenette64_proxy_v2": ["+roadmap=seeds", "roadmap.seeds=[0,1]", "experiment=imagenette_proxy_v2"],
-    "imagenette64_proxy_v3": ["+roadmap=all", "experiment=imagenette_proxy_v3"],
-    "imagenette64_proxy_v4": ["+roadmap=seeds", "roadmap.seeds=[0,1]", "experiment=imagenette_proxy_v4"],  # seed 1 running
+    "imagenette_proxy_v2": ["+roadmap=seeds", "roadmap.seeds=[0,1]", "experiment=imagenette_proxy_v2"],
+    "imagenette_proxy_v3": ["+roadmap=all", "experiment=imagenette_proxy_v3"],
+    "imagenette_proxy_v4": ["+roadmap=seeds", "roadmap.seeds=[0,1]", "experiment=imagenette_proxy_v4"],  # seed 1 running
     "proxy_study_v2": ["+roadmap=proxy_study_v2", "experiment=imagenette_proxy_v2", "experiment_name=proxy_study_v2"],
     "proxy_resolution": ["+roadmap=proxy_resolution", "roadmap.seeds=[0,1]", "experiment=imagenette_proxy_v2",
                          "experiment_name=proxy_resolution"],  # seed 1 of the kernel_7 pair
@@ -139,16 +139,16 @@ def test_committed_experiments_collect_and_report(tmp_path: Path) -> None:
     for experiment in COMMITTED:
         shutil.copytree(REPO / "experiments" / experiment, tmp_path / experiment,
                         ignore=shutil.ignore_patterns("report", "results.*", "summary.csv"))
-    results, summary = collect(tmp_path / "imagenette64_proxy")
+    results, summary = collect(tmp_path / "imagenette_proxy")
     assert len(results) == 26 and (results["status"] == "completed").all()
     assert summary["paper_top1"].notna().sum() == 13
     assert results["train_loss_sum"].notna().all() and summary["train_loss_sum_mean"].notna().all()
-    gelu = tmp_path / "imagenette64_proxy" / "r50" / "gelu" / "seed0"  # derived from metrics.csv where missing
+    gelu = tmp_path / "imagenette_proxy" / "r50" / "gelu" / "seed0"  # derived from metrics.csv where missing
     assert results.query("step == 'gelu' and seed == 0")["train_loss_sum"].item() == pytest.approx(
         pd.read_csv(gelu / "metrics.csv").drop_duplicates("epoch", keep="last")["train/loss"].sum(), abs=1e-4)
     markdown = report.markdown_table(report.ladder_table(summary, "r50"))
     assert "Of our training-loss sum (lower ranks higher; 13 rungs): ρ = " in markdown
-    written = write_report(tmp_path / "proxy_study", formats=["png"], control_dir=tmp_path / "imagenette64_proxy")
+    written = write_report(tmp_path / "proxy_study", formats=["png"], control_dir=tmp_path / "imagenette_proxy")
     assert (tmp_path / "proxy_study" / "report" / "ladder.md").is_file() and written
 
 
