@@ -208,7 +208,8 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
         channels_last=bool(cfg.trainer.channels_last),
         cuda_graphs=bool(cfg.trainer.compile) and compile_mode(cfg) in CUDA_GRAPH_MODES,
     )
-    metrics, callbacks = run_callbacks(plan, work, state, startup_lines(plan, parts, action))
+    summary = startup_lines(plan, parts, action) if is_rank_zero() else None  # other ranks hold no data yet
+    metrics, callbacks = run_callbacks(plan, work, state, summary)
     # run.log is always there; the run's own files are what matter, and it never overwrites them.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # Lightning's own use of a torch API it deprecated: nothing a user can act on.
