@@ -16,7 +16,7 @@ after one untimed warm-up step each), in contiguous and channels_last layouts:
   beside torchvision `convnext_tiny` and timm `convnext_tiny`.
 - every other rung on its own (its two layouts interleaved).
 
-A plain fp32 matmul (2048 x 2048; bf16 under --precision bf16) runs in every round too: the
+A plain fp32 matmul (2048 x 2048, `--matmul-size`; bf16 under --precision bf16) runs in every round too: the
 achieved GFLOP/s of a model (its conv + linear MACs at the image size x 2 FLOP x 3, since
 forward + backward is ~3x the forward FLOPs) is compared with it. Norms, activations and the
 optimizer are not counted, so the figure is a lower bound of the work done.
@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="model.width_mult of our rungs (e.g. 0.25, the CPU proxy ladder's); != 1 implies --no-references")
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="64 px, the endpoints and their references only")
+    parser.add_argument("--matmul-size", type=int, default=2048,
+                        help="side n of the n x n matmul yardstick (default 2048; small only to try the script quickly)")
     add_device_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in csv_list(args.sizes)]
 
     print_header("train-step throughput: forward + backward + AdamW, images/s", device, args)
-    matmul = Matmul(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    matmul = Matmul(device, torch.bfloat16 if args.precision == "bf16" else torch.float32, n=args.matmul_size)
     gmacs: dict[tuple[str, int], float] = {}  # conv + linear MACs of one image (any module: meta tensors)
     start = time.perf_counter()
 

@@ -94,6 +94,72 @@ class EpochMetrics(L.Callback):
         return read_history(self.path.parent) if self.path.is_file() else self.rows
 
 
+def rng_states() -> dict[str, Any]:
+    """The RNG states of torch (CPU and CUDA), numpy and random, as a checkpoint can hold them."""
+    numpy_state = np.random.get_state()
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+           "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]]}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def set_rng_states(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    name, keys, *rest = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+class FirstEpochValidation(L.Callback):
+    """Validate after the first epoch too (then every `check_val_every_n_epoch`), so that a run shows
+    an accuracy early. The extra validation leaves the training as it would be without it: starting
+    a loader draws from torch's RNG, so the RNG states are put back after it (and the checkpoint of
+    that epoch holds them as a run without it would)."""
+
+    def __init__(self) -> None:
+        self.every: int | None = None
+        self.saved: dict[str, Any] | None = None
+
+    @staticmethod
+    def applies(trainer: L.Trainer) -> bool:
+        return trainer.check_val_every_n_epoch not in (None, 1) and int(trainer.max_epochs or 0) > 1
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 0 and self.applies(trainer):
+            self.every, trainer.check_val_every_n_epoch = trainer.check_val_every_n_epoch, 1
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.every is not None:  # the last batch's states are those the validation starts from
+            self.saved = rng_states()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.every is None or trainer.state.fn != "fit":
+            return
+        trainer.check_val_every_n_epoch, self.every = self.every, None
+        # A loader with persistent workers keeps its iterator, whose start drew from the RNG: close it,
+        # so the next validation starts it (and draws) where a run without this one would.
+        for loader in _loaders(trainer.val_dataloaders):
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None:
+                getattr(iterator, "_shutdown_workers", lambda: None)()
+                loader._iterator = None
+        if self.saved is not None:
+            set_rng_states(self.saved)
+        self.saved = None
+
+
+def _loaders(loaders: Any) -> list[Any]:
+    """Lightning's `val_dataloaders` (one loader, or a list or dict of them) as a list."""
+    if loaders is None:
+        return []
+    if isinstance(loaders, dict):
+        return list(loaders.values())
+    return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+
+
 class RunState(L.Callback):
     """The run's own state around Lightning's. Every checkpoint carries the run's config (so a
     checkpoint of another run is refused) and the RNG states of torch, numpy and random (so a
@@ -130,24 +196,13 @@ class RunState(L.Callback):
         self.committed = True
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        numpy_state = np.random.get_state()
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
-               "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]]}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        checkpoint["roadmap"] = {"config": self.config, "rng": rng}
+        checkpoint["roadmap"] = {"config": self.config, "rng": rng_states()}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self.loaded_optimizer_step = int(checkpoint["global_step"])
         rng = checkpoint.get("roadmap", {}).get("rng")
-        if rng is None:  # a checkpoint written before RNG states were saved
-            return
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        name, keys, *rest = rng["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        if rng is not None:  # None: a checkpoint written before RNG states were saved
+            set_rng_states(rng)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -193,8 +248,9 @@ class StartupSummary(L.Callback):
     """A few lines when training starts, so that a run says at once what it is: the rung, where it
     writes, on what, how long (epochs and optimizer steps) and on which data."""
 
-    def __init__(self, lines: list[str]) -> None:
+    def __init__(self, lines: list[str], first_epoch_validation: bool = False) -> None:
         self.lines = lines
+        self.first_epoch_validation = first_epoch_validation
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -202,8 +258,10 @@ class StartupSummary(L.Callback):
         epochs = int(trainer.max_epochs or 0)
         total = int(trainer.estimated_stepping_batches)
         start = f", starting at optimizer step {trainer.global_step}" if trainer.global_step else ""
+        every = trainer.check_val_every_n_epoch
+        first = "after epoch 0, then " if self.first_epoch_validation and FirstEpochValidation.applies(trainer) else ""
         schedule = (f"schedule: {epochs} epochs, {total} optimizer steps ({total // max(epochs, 1)} per epoch{start}); "
-                    f"validation every {trainer.check_val_every_n_epoch} epoch(s) and after the last")
+                    f"validation {first}every {every} epoch(s) and after the last")
         for line in [*self.lines, schedule]:
             log.info("%s", line)
 

@@ -18,8 +18,34 @@ from roadmap.model.complexity import complexity
 from roadmap.model.factory import FactoryError
 
 
-def _describe(change: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in change.items())
+CHANGE_WIDTH = 60  # a table cell; `inspect step=…` shows the whole config
+
+
+def describe_change(step: str, regime: str, baseline: str) -> str:
+    """What `step` itself changes, as `key=value` pairs, cut to one short cell ("the baseline" for the baseline)."""
+    if step == baseline:
+        return "the baseline"
+    text = ", ".join(f"{k}={v}" for k, v in changed_fields(step, regime).items())
+    return text if len(text) <= CHANGE_WIDTH else text[: CHANGE_WIDTH - 1] + "…"
+
+
+def table_text(table: pd.DataFrame) -> str:
+    """The table as text: numbers right-aligned, text left-aligned (pandas right-aligns every column)."""
+    def decimals(column: pd.Series) -> int:
+        return max((len(repr(float(v)).split(".")[1]) for v in column.dropna()), default=0)
+
+    places = {c: decimals(table[c]) for c in table.columns if pd.api.types.is_float_dtype(table[c])}
+    cells = {c: ["-" if pd.isna(v) else f"{v:.{places[c]}f}" if c in places else str(v) for v in table[c]]
+             for c in table.columns}
+    widths = {c: max(len(c), *map(len, cells[c])) for c in table.columns}
+    numeric = {c: pd.api.types.is_numeric_dtype(table[c]) for c in table.columns}
+
+    def line(values: dict[str, str]) -> str:
+        return "  ".join(v.rjust(widths[c]) if numeric[c] else v.ljust(widths[c]) for c, v in values.items()).rstrip()
+
+    rows = [line({c: c for c in table.columns})]
+    rows += [line({c: cells[c][i] for c in table.columns}) for i in range(len(table))]
+    return "\n".join(rows)
 
 
 def complexity_table(regime: str, overrides: dict | None = None, image_size: int = 224, all_steps: bool = True) -> pd.DataFrame:
@@ -27,6 +53,7 @@ def complexity_table(regime: str, overrides: dict | None = None, image_size: int
     import torch
 
     paper = paper_table(regime).set_index("step")
+    baseline = list_steps(regime)[0]
     rows = []
     for step in list_steps(regime, adopted_only=not all_steps):
         with torch.device("meta"):  # counts need shapes only
@@ -40,7 +67,7 @@ def complexity_table(regime: str, overrides: dict | None = None, image_size: int
                 "gmacs": round(counts["gmacs"], 4),
                 "paper_gflops": None if ref is None else ref["paper_gflops"],
                 "paper_top1": None if ref is None else ref["paper_top1"],
-                "change": _describe(changed_fields(step, regime)),
+                "change": describe_change(step, regime, baseline),
             }
         )
     return pd.DataFrame(rows)
@@ -56,7 +83,7 @@ def main(cfg: DictConfig) -> None:
             overrides = {k.removeprefix("model."): OmegaConf.select(cfg, k) for k in given if k.startswith("model.")}
             table = complexity_table(cfg.regime.name, overrides, int(cfg.image_size), bool(cfg.all_steps))
             print(f"regime {cfg.regime.name}: GMACs at {cfg.image_size}px, 1000 classes; paper numbers: ImageNet-1K 224px")
-            print(table.to_string(index=False))
+            print(table_text(table))
         else:
             with open_dict(cfg):  # inspect's own keys are not part of the run's config (or its hash)
                 del cfg.image_size, cfg.all_steps

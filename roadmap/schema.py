@@ -293,6 +293,10 @@ KEYS: dict[str, Key] = _keys(
     Key("trainer.limit_val_batches", "Validation batches, a fraction or a count; `null`: all.", "number",
         nullable=True),
     Key("trainer.check_val_every_n_epoch", "Validate every n epochs and at the end.", "int", minimum=1),
+    Key("trainer.validate_first_epoch", "Also validate after epoch 0 when `check_val_every_n_epoch` > 1, so that a "
+        "run shows an accuracy early. It trains exactly as without it (the RNG states are put back after that "
+        "validation). `false` in runs recorded before it. " + UNHASHED, "choice", choices=(True, False),
+        default=False, hashed=False),
     Key("trainer.log_every_n_steps", "The loss is checked for NaN/inf at each log step and at epoch end; plain "
         "progress lines are printed this often when stdout is not a terminal.", "int", minimum=1),
     # Logging.

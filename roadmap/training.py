@@ -162,7 +162,7 @@ def run_callbacks(plan: RunPlan, work: Path, state: Any | None = None,
     writes their values; the run's state; one rolling last.ckpt, rewritten atomically every epoch)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from roadmap.callbacks import EpochMetrics, PlainProgress, StartupSummary
+    from roadmap.callbacks import EpochMetrics, FirstEpochValidation, PlainProgress, StartupSummary
     from roadmap.diagnostics import TrainingDynamics
 
     cfg = plan.cfg
@@ -174,8 +174,11 @@ def run_callbacks(plan: RunPlan, work: Path, state: Any | None = None,
     )]
     if not sys.stdout.isatty():
         callbacks.append(PlainProgress(int(cfg.trainer.log_every_n_steps)))
+    first_validation = bool(cfg.trainer.get("validate_first_epoch", False))
     if summary:
-        callbacks.append(StartupSummary(summary))
+        callbacks.append(StartupSummary(summary, first_validation))
+    if first_validation:
+        callbacks.append(FirstEpochValidation())  # last: it saves the RNG states after every other hook
     return metrics, callbacks
 
 

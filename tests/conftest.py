@@ -29,12 +29,26 @@ def pytest_configure() -> None:
         torch.set_num_threads(threads)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests on the machine's one SLURM cluster (fixed ports, one per machine) run on one xdist
-    worker (`--dist loadgroup`), which starts the cluster once."""
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run the tests marked `slow` (left out by default: tests/README.md)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup`, the tests on the machine's one SLURM cluster (fixed ports) run on one
+    xdist worker, which starts the cluster once; so do the tests on test_run.py's one smoke run (a
+    module-scoped fixture runs once per worker that uses it). The `slow` tests are left out unless
+    `--runslow` is given or `-m` chooses the tests itself (`-m slow`: the slow set alone)."""
     for item in items:
-        if "slurm_cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+        for fixture, group in (("slurm_cluster", "slurm"), ("smoke_run", "smoke_run")):
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+    if config.getoption("--runslow") or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 def reference_rows() -> list[dict[str, str]]:

@@ -2,6 +2,7 @@
 a user runs it). Speed is not asserted here: it lives in benchmarks/ as ratios."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -16,13 +17,16 @@ from tests.conftest import SHARED
 REPO = Path(__file__).resolve().parents[1]
 DATA = SHARED / "data"
 TINY_MODEL = ["--width-mult", "0.25", "--num-classes", "10"]
+SMALL_MATMUL = ["--matmul-size", "128"]  # train_step's yardstick: four 2048^2 products a round cost seconds on a CPU
 
 CASES = {
     "train_step.py": [
-        ["--sizes", "32", "--rungs", "resnet50,kernel_5", "--steps", "1", "--warmup", "0", "--batch", "2", *TINY_MODEL],
+        ["--sizes", "32", "--rungs", "resnet50,kernel_5", "--steps", "1", "--warmup", "0", "--batch", "2", *TINY_MODEL,
+         *SMALL_MATMUL],
         ["--quick", "--batch", "2", "--ref-steps", "1", "--warmup", "0", "--formats", "channels_last",
-         "--drop-path", "0.1", "--threads", "0"],
-        ["--sizes", "32", "--rungs", "endpoints", "--batch", "2", "--ref-steps", "1", "--no-references"],
+         "--drop-path", "0.1", "--threads", "0", *SMALL_MATMUL],
+        ["--sizes", "32", "--rungs", "endpoints", "--batch", "2", "--ref-steps", "1", "--no-references", "--warmup", "0",
+         *SMALL_MATMUL],
     ],
     "loop_overhead.py": [
         ["--recipe", "paper", "--size", "32", "--batch", "8", "--steps", "2", "--trials", "1"],
@@ -51,11 +55,13 @@ CASES = {
          "--data-root", str(DATA / "imagenette2-64-mini")],
     ],
 }
-# torch.compile costs minutes on a CPU: CI's slow suite. train_step's --precision bf16 is in the GPU cases only:
+# torch.compile costs a minute per case on a CPU: the slow set (tests/README.md; in the default set,
+# test_run.py::test_compile_mode_reaches_torch_compile_out_of_the_hash). train_step's --precision bf16 is in the GPU cases only:
 # on a CPU without bf16 units its 2048^2 bf16 matmul yardstick alone takes minutes.
 SLOW_CASES = {  # one compiled case per script (each costs a minute or two of compiling on a CPU)
     "train_step.py": [["--sizes", "32", "--rungs", "resnet50", "--steps", "1", "--batch", "2", "--compile",
-                       "--compile-mode", "reduce-overhead", "--formats", "contiguous", *TINY_MODEL]],
+                       "--compile-mode", "reduce-overhead", "--formats", "contiguous", *TINY_MODEL,
+                       *SMALL_MATMUL]],
     # CUDA graphs (skipped by torch.compile for CPU tensors), the graph steps marked
     "loop_overhead.py": [["--rung", "resnet50", "--size", "32", "--batch", "4", "--steps", "2", "--trials", "1",
                           "--compile", "--compile-mode", "reduce-overhead", *TINY_MODEL]],
@@ -95,10 +101,38 @@ def test_benchmark_runs(script: str, args: list[str], tmp_path: Path) -> None:
     assert "\n| " in proc.stdout  # at least one Markdown table
 
 
+# `<script> --help` of every script in one process (one start-up, not one per script), each run as
+# `python <script> --help` runs it: its own sys.argv, as `__main__`, benchmarks/ first on sys.path.
+HELP = """
+import contextlib, io, json, runpy, sys
+bench, helps = sys.argv[1], {}
+sys.path.insert(0, bench)
+for script in sys.argv[2:]:
+    sys.argv = [f"{bench}/{script}", "--help"]
+    out, code = io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    helps[script] = {"returncode": code, "stdout": out.getvalue()}
+print(json.dumps(helps))
+"""
+
+
+@pytest.fixture(scope="module")
+def helps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", HELP, str(REPO / "benchmarks"), *sorted(CASES)],
+                          cwd=tmp_path_factory.mktemp("help"), env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.xdist_group("benchmark_help")  # one worker starts the process above once
 @pytest.mark.parametrize("script", sorted(CASES))
-def test_benchmark_help(script: str, tmp_path: Path) -> None:
-    proc = run_benchmark(script, ["--help"], tmp_path)
-    assert proc.returncode == 0 and "usage:" in proc.stdout
+def test_benchmark_help(script: str, helps: dict[str, dict]) -> None:
+    assert helps[script]["returncode"] == 0 and "usage:" in helps[script]["stdout"]
 
 
 def test_device_check_fits_in_eight_minutes() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import open_dict
 
+from roadmap.inspect import CHANGE_WIDTH, complexity_table, table_text
 from roadmap.ladder import compose_run
 from roadmap.plan import plan_run
 
@@ -17,3 +18,17 @@ def test_inspect_composes_what_run_runs(overrides: list[str]) -> None:
     inspected, run = plan_run(shown), plan_run(compose_run(overrides, "train"))
     assert inspected.cfg == run.cfg
     assert (inspected.out_dir, inspected.config_hash) == (run.out_dir, run.config_hash)
+
+
+def test_the_table_says_what_each_step_changed_in_one_short_left_aligned_cell() -> None:
+    table = complexity_table("r50")
+    changes = dict(zip(table["step"], table["change"]))
+    assert changes["resnet50"] == "the baseline"
+    assert changes["kernel_7"] == "kernel_size=7" and changes["stage_ratio"] == "depths=[3, 3, 9, 3]"
+    assert all(0 < len(cell) <= CHANGE_WIDTH for cell in changes.values())
+    assert changes["classic_recipe"].startswith("recipe.epochs=90") and changes["classic_recipe"].endswith("…")
+    header, *rows = table_text(table).splitlines()
+    assert header.split() == list(table.columns)
+    column = header.index("change")
+    assert [row[column:] for row in rows] == list(table["change"])  # left-aligned under its header
+    assert all(row.startswith(step) for row, step in zip(rows, table["step"]))

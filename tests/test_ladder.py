@@ -96,6 +96,7 @@ def test_a_delta_list_runs_on_the_mini_set(tmp_path: Path) -> None:
     assert list(config.deltas) == ["gelu", "layer_norm"] and config.model.norm == "layer" and "arch" not in config
 
 
+@pytest.mark.slow  # 10 rungs, ~11 processes; in the default set: test_sweep.py::test_leave_one_out_takes_each_delta_out_and_names_the_impossible_ones, test_a_delta_list_runs_on_the_mini_set
 def test_the_leave_one_out_preset_runs_on_the_mini_set(tmp_path: Path) -> None:
     proc = run_cli(["+roadmap=leave_one_out", *SMOKE, *TINY, "trainer.diagnostics=false"], tmp_path, cwd=tmp_path,
                    module="roadmap.sweep", timeout=3600)  # 10 rungs one after another

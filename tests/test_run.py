@@ -66,7 +66,7 @@ def test_epochs_without_validation_have_empty_val_columns(tmp_path: Path) -> Non
     import pandas as pd
 
     args = ["step=patchify_stem", *SMOKE, "recipe.epochs=3", "trainer.check_val_every_n_epoch=2",
-            "trainer.deterministic=true"]
+            "trainer.deterministic=true", "trainer.validate_first_epoch=false"]
     proc = run_cli(args, tmp_path / "out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = pd.read_csv(tmp_path / "out" / "smoke" / "r50" / "patchify_stem" / "seed0" / "metrics.csv")

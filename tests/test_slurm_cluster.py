@@ -1,7 +1,8 @@
 """A real one-node SLURM cluster on localhost (tests/slurm_cluster.py), and submitit against it.
 
-Slow (starts slurmctld/slurmd; installs slurm-wlm with apt-get on first use); skipped when the
-machine cannot run it (not root, no apt-get and no slurmctld).
+Starts slurmctld/slurmd (installs slurm-wlm with apt-get on first use); skipped when the machine
+cannot run it (not root, no apt-get and no slurmctld). In the default set (nothing faster covers a
+real cluster), on one xdist worker with tests/test_sweep_slurm.py (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ try:
     from tests.slurm_cluster import job_info, requeue, slurm_cluster, wait_for_state  # noqa: F401
 except ImportError:  # tests/ itself on sys.path (pytest's default rootdir handling)
     from slurm_cluster import job_info, requeue, slurm_cluster, wait_for_state  # noqa: F401
-
-pytestmark = pytest.mark.slow
 
 
 def _result(job, timeout: float = 90.0):

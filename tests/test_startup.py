@@ -22,3 +22,27 @@ def test_a_run_starts_with_a_summary_block(tmp_path: Path) -> None:
         "schedule: 1 epochs, 1 optimizer steps (1 per epoch); validation every 1 epoch(s) and after the last",
     ]
     assert lines[0] in (out / "run.log").read_text()
+
+
+def test_the_first_epoch_is_validated_and_the_run_trains_as_without_it(tmp_path: Path) -> None:
+    """trainer.check_val_every_n_epoch=2 over 3 epochs: trainer.validate_first_epoch (on by default) adds
+    a validation after epoch 0, so a run shows an accuracy early, and the run trains as without it: the
+    same losses, bit for bit, and the same final accuracy (a persistent loader worker included)."""
+    import pandas as pd
+
+    args = ["step=patchify_stem", *SMOKE, "recipe.epochs=3", "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1", "trainer.check_val_every_n_epoch=2", "trainer.deterministic=true",
+            "data.num_workers=1"]
+    runs = {}
+    for first in (True, False):
+        out = tmp_path / str(first)
+        proc = subprocess.run([sys.executable, "-m", "roadmap.run", *args, f"trainer.validate_first_epoch={first}",
+                               f"output_root={out}"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[first] = pd.read_csv(out / "smoke" / "r50" / "patchify_stem" / "seed0" / "metrics.csv"), proc.stdout
+    (early, log), (plain, _) = runs[True], runs[False]
+    assert early["val/top1"].notna().tolist() == [True, True, False]
+    assert plain["val/top1"].notna().tolist() == [False, True, False]
+    assert early["train/loss"].tolist() == plain["train/loss"].tolist()
+    assert early["val/top1"].iloc[1] == plain["val/top1"].iloc[1]
+    assert "validation after epoch 0, then every 2 epoch(s) and after the last" in log

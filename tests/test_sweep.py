@@ -27,10 +27,15 @@ def results(out: Path) -> dict[str, Path]:
     return {p.parent.parent.name: p for p in (out / "smoke" / "r50").glob("*/seed0/result.json")}
 
 
-@pytest.mark.slow
-def test_sweep_survives_sigkill_and_trains_only_missing_rungs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("steps", [
+    pytest.param(["resnet50", "stage_ratio"], id="two_rungs"),
+    pytest.param(None, id="whole_ladder", marks=pytest.mark.slow),  # 13 rungs, ~16 processes: the slow set
+])
+def test_sweep_survives_sigkill_and_trains_only_missing_rungs(tmp_path: Path, steps: list[str] | None) -> None:
     out = tmp_path / "out"
-    args = ["+roadmap=all", *SMOKE, *TINY, f"output_root={out}"]
+    chosen = [f"roadmap.steps=[{','.join(steps)}]"] if steps else []
+    steps = steps or roadmap.list_steps("r50")
+    args = ["+roadmap=all", *chosen, *SMOKE, *TINY, f"output_root={out}"]
     proc = subprocess.Popen([sys.executable, "-m", "roadmap.sweep", *args], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
@@ -46,27 +51,27 @@ def test_sweep_survives_sigkill_and_trains_only_missing_rungs(tmp_path: Path) ->
     assert status.returncode == 0, status.stderr[-2000:]
     states = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()[1:]}
     assert states["r50/resnet50/seed0"] == "done"
-    assert set(states.values()) <= {"done", "pending", "interrupted"} and len(states) == 13
+    assert set(states.values()) <= {"done", "pending", "interrupted"} and len(states) == len(steps)
 
     again = cli("roadmap.sweep", args, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(results(out)) == 13
+    assert len(results(out)) == len(steps)
     for name, (content, mtime) in finished.items():
         path = results(out)[name]
         assert path.read_bytes() == content and path.stat().st_mtime_ns == mtime
     log = (out / "smoke" / "sweep.log").read_text()
-    started_after_restart = log.split("13 rungs: 1 done")[-1].count(" start r50/")
-    assert started_after_restart == 12
+    started_after_restart = log.split(f"{len(steps)} rungs: 1 done")[-1].count(" start r50/")
+    assert started_after_restart == len(steps) - 1
 
     collected = cli("roadmap.collect", [f"output_root={out}", "experiment=smoke"], tmp_path)
     assert collected.returncode == 0, collected.stderr[-2000:]
     table = pd.read_csv(out / "smoke" / "results.csv")
-    assert list(table["step"]) == roadmap.list_steps("r50")
+    assert list(table["step"]) == steps
     assert table["paper_top1"].notna().all() and table["status"].eq("completed").all()
     assert {"per_device_batch", "accumulate", "sync_batchnorm", "top1_ema"} <= set(table.columns)
-    assert len(pd.read_parquet(out / "smoke" / "results.parquet")) == 13
+    assert len(pd.read_parquet(out / "smoke" / "results.parquet")) == len(steps)
     summary = pd.read_csv(out / "smoke" / "summary.csv")
-    assert list(summary["n"]) == [1] * 13
+    assert list(summary["n"]) == [1] * len(steps)
 
 
 def test_failed_rung_does_not_stop_the_others(tmp_path: Path) -> None:

@@ -8,12 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import SMOKE
 
 
-@pytest.mark.slow
 def test_slurm_sweep_requeues_and_resumes(slurm_cluster, tmp_path: Path) -> None:
     out = tmp_path / "out"
     run_dir = out / "smoke" / "r50" / "gelu" / "seed0"

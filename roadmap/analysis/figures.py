@@ -151,6 +151,10 @@ def _label(rung: str, group: pd.DataFrame) -> str:
     return f"{rung} ({seeds} seed{'s' if seeds > 1 else ''})"
 
 
+# One convention everywhere: run.log, metrics.csv, checkpoints and figures count epochs from 0 (as Lightning and timm).
+EPOCH_LABEL = "epoch (0 = the first, as in run.log and metrics.csv)"
+
+
 def _runs(curves: pd.DataFrame, regime: str, seed: int | None) -> pd.DataFrame:
     runs = curves[curves["regime"] == regime]
     return runs if seed is None else runs[runs["seed"] == seed]
@@ -166,11 +170,11 @@ def curves_figure(curves: pd.DataFrame, regime: str = DEFAULT_REGIME, seed: int 
     for color, rung, dashed, group in lines:
         mean = group.groupby("epoch")[["val/top1", "val/top1_ema"]].mean().dropna(how="all")
         for ax, metric in zip(axes, ["val/top1", "val/top1_ema"]):
-            ax.plot(mean.index + 1, mean[metric], color=color, linestyle="--" if dashed else "-", marker="o",
+            ax.plot(mean.index, mean[metric], color=color, linestyle="--" if dashed else "-", marker="o",
                     markersize=3, label=_label(rung, group))
     empty = f"no {METRICS_FILE} yet" if runs.empty else "no validation yet (validated every trainer.check_val_every_n_epoch)"
     for ax, name in zip(axes, ["val top-1 (%)", "val top-1, EMA weights (%)"]):
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(EPOCH_LABEL)
         ax.set_title(name)
         ax.grid(alpha=0.3)
         if not lines:
@@ -216,12 +220,12 @@ def dynamics_figure(curves: pd.DataFrame, regime: str = DEFAULT_REGIME, seed: in
         for ax, column in zip(subfig.subplots(1, len(row), squeeze=False)[0], row):
             for color, rung, dashed, group in lines:
                 mean = group.groupby("epoch")[column].mean().dropna()
-                ax.plot(mean.index + 1, mean, color=color, linestyle="--" if dashed else "-", marker="o", markersize=3,
+                ax.plot(mean.index, mean, color=color, linestyle="--" if dashed else "-", marker="o", markersize=3,
                         label=_label(rung, group))
             if (runs[column].dropna() > 0).all():
                 ax.set_yscale("log")
             ax.set_title(_dynamics_title(column), fontsize=8)
-            ax.set_xlabel("epoch")
+            ax.set_xlabel(EPOCH_LABEL)
             ax.grid(alpha=0.3)
     fig.legend(*fig.axes[0].get_legend_handles_labels(), fontsize=7, loc="outside right center")
     return fig
