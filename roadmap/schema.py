@@ -164,9 +164,10 @@ KEYS: dict[str, Key] = _keys(
         "decoded splits take < 2 GiB (estimated from a sample of headers; imagenette2-64 takes 164 MB). "
         + UNHASHED + " Does not apply to shards.", "choice", choices=("auto", True, False),
         says="must be one of auto, true, false.", hashed=False),
-    Key("data.cache_dir", "Where `data.in_memory` keeps its cache: files keyed by the split's paths, sizes and "
-        "mtimes, rebuilt when one changes. `null`: `<data folder>/.roadmap-cache` when the data folder is writable, "
-        "else `$XDG_CACHE_HOME/roadmap` (`~/.cache/roadmap`). " + UNHASHED, values="`null`, a folder", hashed=False),
+    Key("data.cache_dir", "Where `data.in_memory` keeps its cache: files keyed by the split folder's real path and "
+        "its files' paths, sizes and mtimes, rebuilt when one changes or a file is truncated. `null`: "
+        "`$XDG_CACHE_HOME/roadmap` (`~/.cache/roadmap`), never the data folder; delete the folder to clear old "
+        "caches ([data.md](data.md#in-memory)). " + UNHASHED, values="`null`, a folder", hashed=False),
     Key("data.augment_on", "Where the training augmentation runs. `cpu`: per image in the loader workers (timm's "
         "ops on PIL images). `gpu`: per batch on the model's device, after the transfer "
         "([data.md](data.md#augmentation-on-the-gpu)). Both draw from the same distribution, so the same run: "

@@ -76,7 +76,7 @@ def mini_data(shared_dir: Path) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def decoded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """data.in_memory's cache (when the data folder is read-only) goes to a temporary folder, not ~/.cache."""
+    """data.in_memory's cache ($XDG_CACHE_HOME/roadmap by default) goes to a temporary folder, not ~/.cache."""
     folder = tmp_path_factory.mktemp("xdg_cache")
     os.environ["XDG_CACHE_HOME"] = str(folder)
     return folder

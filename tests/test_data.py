@@ -423,15 +423,17 @@ def test_in_memory_feeds_the_same_pixels(mini_data: Path, tmp_path: Path) -> Non
             assert torch.equal(a, b) and label_a == label_b
 
 
-def test_in_memory_cache_beside_writable_data(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_in_memory_cache_reused_until_a_file_changes(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "data"
     for split in ("train", "val"):
         write_images(root / split / "a", 3)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     cfg = make_cfg("imagenet", **{"data.root": str(root), "data.num_classes": 1, "data.num_workers": 0})
     with caplog.at_level(logging.INFO, "roadmap.data"):
         _splits(cfg)
         assert caplog.text.count("decoding") == 2
-        cached = sorted((root / ".roadmap-cache").iterdir())
+        cached = sorted((tmp_path / "xdg" / "roadmap").iterdir())
         assert [p.suffix for p in cached] == [".npz", ".u8", ".npz", ".u8"]
         caplog.clear()
         train, _ = _splits(cfg)  # the same files: read from the cache, not decoded again

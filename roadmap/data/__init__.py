@@ -14,10 +14,11 @@
 Missing or malformed data raises `DataError`, whose message names the config key, its value and
 what would be valid.
 
-Modules: `sources` (where the images come from), `transforms` (CPU augmentation), `gpu_transforms`
-(the same augmentation on a batch on the model's device, `data.augment_on=gpu`), `module` (the
-datamodule and its config checks), `memory` (data.in_memory), `shards` (data.format=shards: litdata
-shards and their writer command), `gpu_decode` (data.decode_on=gpu), `errors`.
+Modules: `sources` (where the images come from, and `to_rgb`, every path's image decode), `transforms`
+(CPU augmentation), `gpu_transforms` (the same augmentation on a batch on the model's device,
+`data.augment_on=gpu`), `module` (the datamodule and its config checks), `memory` (data.in_memory),
+`shards` (data.format=shards: litdata shards and their writer command; `shard_dataset`, their reader),
+`gpu_decode` (data.decode_on=gpu), `errors`.
 """
 from roadmap.data.errors import DataError
 from roadmap.data.datamodule import RoadmapDataModule, augment_on, build_datamodule, build_datasets, decode_on

@@ -32,12 +32,12 @@ def resolve_num_workers(value: int | str, devices: int) -> int:
     return max(1, min(MAX_AUTO_WORKERS, cores // max(1, devices)))
 
 
-def _in_memory(folder: Path, splits: list[Dataset], data_cfg: Mapping[str, Any]) -> list[Dataset]:
+def _in_memory(splits: list[Dataset], data_cfg: Mapping[str, Any]) -> list[Dataset]:
     """The splits decoded in memory when data.in_memory says so (auto: when they fit), else as they are."""
     setting = schema.value(data_cfg, "data.in_memory")
     if setting is False or setting == "auto" and not fits_in_memory(splits):
         return splits
-    cache = cache_dir(folder, schema.value(data_cfg, "data.cache_dir"))
+    cache = cache_dir(schema.value(data_cfg, "data.cache_dir"))
     on_bad_image = schema.value(data_cfg, "data.on_bad_image")
     return [InMemoryImages(split, cache, on_bad_image) for split in splits]
 
@@ -96,7 +96,7 @@ def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) 
             for split in (train_set, val_set):
                 split.loader, split.transform = read_bytes, None
         else:
-            train_set, val_set = _in_memory(folder, [train_set, val_set], data_cfg)
+            train_set, val_set = _in_memory([train_set, val_set], data_cfg)
     if found != num_classes:
         raise DataError(
             f"data.num_classes={num_classes} but {where} has {found} classes; set data.num_classes={found}."

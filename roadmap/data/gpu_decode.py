@@ -11,20 +11,23 @@ jitter otherwise work on PIL images on the CPU: with data.augment_on=cpu they ma
 """
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from timm.data.random_erasing import RandomErasing
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms import functional as F
 
 from roadmap import schema
 from roadmap.data.errors import DataError
 from roadmap.data.gpu_transforms import canvas_size, fit_canvas, on_canvas
+from roadmap.data.sources import to_rgb
 
 def check_decode_on(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any], cuda: bool) -> str:
     """data.decode_on, checked against CUDA and the recipe's CPU-only augmentations."""
@@ -58,9 +61,15 @@ def collate_bytes(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[list[torch
     return [data for data, _ in batch], torch.tensor([label for _, label in batch], dtype=torch.int64)
 
 
+def decode_on_cpu(data: torch.Tensor) -> torch.Tensor:
+    """One image file's bytes -> RGB uint8 CHW, on the CPU, by the CPU path's conversion (`to_rgb`)."""
+    with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+        return F.pil_to_tensor(to_rgb(image))
+
+
 def decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """RGB uint8 CHW images on `device`; one batched decode, or one by one (CMYK and PNG files, which nvjpeg
-    does not read, decode on the CPU) when the batch fails."""
+    """RGB uint8 CHW images on `device`; one batched decode, or one by one (CMYK JPEGs and other formats,
+    which nvjpeg does not read, decode on the CPU as the CPU path does) when the batch fails."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torchvision 0.29 deprecates its decoders for TorchCodec
         try:
@@ -71,7 +80,7 @@ def decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]
                 try:
                     images.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=device))
                 except RuntimeError:
-                    images.append(decode_image(one, mode=ImageReadMode.RGB).to(device))
+                    images.append(decode_on_cpu(one).to(device))
             return images
 
 

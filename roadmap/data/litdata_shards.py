@@ -26,7 +26,7 @@ from PIL import Image
 
 from roadmap import schema
 from roadmap.data.errors import DataError
-from roadmap.data.sources import describe, image_folder, locate_image_folder
+from roadmap.data.sources import describe, image_folder, locate_image_folder, to_rgb
 
 log = logging.getLogger("roadmap.data")
 
@@ -35,6 +35,8 @@ MANIFEST_VERSION = 1
 SPLITS = ("train", "val")
 SPLIT_INFO = "roadmap-split.json"  # per split, inside its folder: what the manifest says of it
 INSTALL = "pip install 'roadmap[shards]' (litdata)"
+# The item formats `shard_item`'s fields are written as; litdata's others (pickle, ...) could run code when read.
+ITEM_FORMATS = ("bytes", "int")
 REWRITE = "write the shards again with python -m roadmap.shards <source> <out> --force"
 
 
@@ -51,10 +53,10 @@ def require_litdata(what: str) -> Any:
 
 
 def check_decodes(data: bytes) -> None:
-    """Raise when PIL cannot decode `data` (empty, truncated, not an image)."""
+    """Raise when PIL cannot decode `data` to RGB (empty, truncated, not an image, a mode it cannot convert)."""
     with Image.open(io.BytesIO(data)) as img:
         img.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale, which still reads every byte of the stream
-        img.load()
+        to_rgb(img)
 
 
 def shard_item(data: bytes, label: int, path: str, index: int) -> dict[str, Any]:
@@ -154,12 +156,18 @@ def read_manifest(root: Path) -> dict[str, Any]:
 
 
 def chunk_files(split_dir: Path) -> list[tuple[Path, int]]:
-    """The split's chunk files and their item counts, after checking each file's size against the index."""
+    """The split's chunk files and their item counts, after checking the index's item formats (before litdata
+    reads anything: shards are data, never code) and each file's size against the index."""
     index_path = split_dir / "index.json"
     try:
-        chunks = json.loads(index_path.read_text())["chunks"]
-    except (OSError, ValueError, KeyError) as err:
+        index = json.loads(index_path.read_text())
+        chunks, formats = index["chunks"], index["config"]["data_format"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(f"data.root: cannot read the shard index {index_path} ({describe(err)}); {REWRITE}.") from err
+    if not isinstance(formats, list) or not formats or not set(formats) <= set(ITEM_FORMATS):
+        raise DataError(f"data.root: the shard index {index_path} declares the item formats {formats!r}; shards are "
+                        f"data, read only as {' and '.join(ITEM_FORMATS)} (what python -m roadmap.shards writes), never "
+                        f"unpickled or run: {REWRITE} from the images.")
     files = []
     for chunk in chunks:
         path = split_dir / chunk["filename"]
@@ -186,6 +194,11 @@ class ShardSample:
     def chunk_of(self, index: int) -> str:
         return self.files[bisect_right(self.starts, index) - 1]
 
+    def damaged(self, index: int, error: BaseException, image: str = "") -> DataError:
+        """The error for item `index` of a damaged chunk: the chunk file (and the image when known), the fix."""
+        what = f"image {image} in shard" if image else "shard"
+        return DataError(f"data.root: {what} {self.chunk_of(index)} is damaged ({describe(error)}); {REWRITE}.")
+
     def __call__(self, item: Mapping[str, Any]) -> tuple[Any, int]:
         data, label = item["jpeg"], int(item["label"])
         try:
@@ -193,21 +206,22 @@ class ShardSample:
                 raise ValueError("CRC-32 mismatch")
             if self.raw:
                 return torch.frombuffer(bytearray(data), dtype=torch.uint8), label
-            image = Image.open(io.BytesIO(data)).convert("RGB")  # the pixels pil_loader gives
+            image = to_rgb(Image.open(io.BytesIO(data)))  # the pixels load_rgb gives
         except Exception as error:  # noqa: BLE001 - any damage, named with its file
-            raise DataError(f"data.root: image {item['path'].decode()} in shard {self.chunk_of(item['index'])} is damaged "
-                            f"({describe(error)}); {REWRITE}.") from error
+            raise self.damaged(item["index"], error, item["path"].decode()) from error
         return (self.transform(image) if self.transform is not None else image), label
 
 
 def open_split(root: Path, split: str, transform: Callable | None, classes: list[str], raw: bool = False) -> Any:
     """One split as a litdata StreamingDataset of (sample, label), with `classes` set; shuffled when training,
     from the run seed (Lightning's PL_GLOBAL_SEED, as its DistributedSampler), a new order each epoch."""
-    litdata = require_litdata("data.format=shards")
+    require_litdata("data.format=shards")
+    from roadmap.data.shard_dataset import ShardDataset  # imports litdata
+
     logging.getLogger("litdata").setLevel(logging.WARNING)  # its INFO lines (cache size, mmap) repeat every epoch
     train = split == "train"
-    sample = ShardSample(root / split, transform, raw)
-    dataset = litdata.StreamingDataset(
+    sample = ShardSample(root / split, transform, raw)  # checks the index first
+    dataset = ShardDataset(
         str(root / split), shuffle=train, drop_last=train, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
         transform=sample,
     )

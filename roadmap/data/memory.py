@@ -1,13 +1,15 @@
 """Decoded images in memory for small sets (`data.in_memory`): a split is decoded once to uint8 RGB
-(the pixels `pil_loader` gives), written to a cache file keyed by its files' paths, sizes and
-mtimes, and memory-mapped by every loader worker. Unreadable images are found while decoding and
-follow `data.on_bad_image`."""
+(the pixels `load_rgb` gives), written to a cache file keyed by its folder's real path and its files'
+paths, sizes and mtimes, and memory-mapped by every loader worker. The cache lives in the user's cache
+folder (`user_cache_dir`), never in the data folder; a truncated or unreadable cache file is rebuilt once.
+Unreadable images are found while decoding and follow `data.on_bad_image`."""
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,44 +19,36 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets
 
+from roadmap.data.errors import DataError
 from roadmap.data.sources import bad_image, describe
 
 log = logging.getLogger("roadmap.data")
 
 CACHE_VERSION = 1
-CACHE_FOLDER = ".roadmap-cache"
 # data.in_memory=auto: in memory when the decoded splits fit in this (estimated from a sample of headers).
 AUTO_MAX_BYTES = 2 * 2**30
 AUTO_MAX_IMAGES = 200_000  # beyond this, do not even read headers to decide
 AUTO_SAMPLE = 64
+INDEX_KEYS = ("offsets", "shapes", "bad", "reasons")
 
 
-def _writable(folder: Path) -> bool:
-    # root passes os.access everywhere; a folder without write bits is meant to be read-only.
-    try:
-        mode = folder.stat().st_mode
-    except OSError:
-        return False
-    return bool(mode & 0o222) and os.access(folder, os.W_OK)
-
-
-def cache_dir(data_folder: Path, configured: str | None) -> Path:
-    """`data.cache_dir` when set; else `<data folder>/.roadmap-cache` when the data folder is writable;
-    else $XDG_CACHE_HOME/roadmap (~/.cache/roadmap)."""
-    if configured:
-        return Path(configured).expanduser()
-    beside = data_folder / CACHE_FOLDER
-    if beside.is_dir() and _writable(beside) or _writable(data_folder):
-        return beside
+def user_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/roadmap, else ~/.cache/roadmap: beside torch's and Hugging Face's caches."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "roadmap"
 
 
+def cache_dir(configured: str | None) -> Path:
+    """`data.cache_dir` when set, else `user_cache_dir()`."""
+    return Path(configured).expanduser() if configured else user_cache_dir()
+
+
 def cache_key(split_dir: Path, samples: Sequence[tuple[str, int]]) -> str:
-    """A hash of the split's folder and every file's path, label, size and mtime."""
+    """A hash of the split folder's real path and every file's path under it, label, size and mtime: the
+    same for every spelling of the folder (relative, absolute, through a link)."""
     digest = hashlib.sha256(f"v{CACHE_VERSION}\n{split_dir.resolve()}\n".encode())
     for path, label in samples:
         stat = os.stat(path)
-        digest.update(f"{path}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{os.path.relpath(path, split_dir)}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -117,19 +111,54 @@ def _build(split: datasets.ImageFolder, on_bad_image: str, pixels_path: Path, in
         Path(tmp_pixels).unlink(missing_ok=True)
 
 
+class DamagedCache(Exception):
+    """A cache file that is truncated or unreadable; the message names it."""
+
+
+def _check_cache(pixels_path: Path, index_path: Path) -> dict[str, np.ndarray]:
+    """The cache's index, once it and the pixel file are whole."""
+    try:
+        with np.load(index_path) as index:
+            loaded = {key: index[key] for key in INDEX_KEYS}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        raise DamagedCache(f"{index_path} ({describe(error)})") from error
+    expected = int(loaded["shapes"].prod(axis=1).sum()) * 3
+    size = pixels_path.stat().st_size if pixels_path.is_file() else None
+    if size != expected:
+        raise DamagedCache(f"{pixels_path} ({'missing' if size is None else f'{size} bytes'}, its index says {expected})")
+    return loaded
+
+
+def _read_cache(split: datasets.ImageFolder, on_bad_image: str, pixels_path: Path, index_path: Path) -> dict[str, np.ndarray]:
+    """The cache's index; a truncated or unreadable cache is rebuilt once (a warning), then an error naming it."""
+    try:
+        return _check_cache(pixels_path, index_path)
+    except DamagedCache as damage:
+        log.warning("the in-memory cache %s is truncated or unreadable: rebuilding it", damage)
+    try:
+        _build(split, on_bad_image, pixels_path, index_path)
+        return _check_cache(pixels_path, index_path)
+    except (OSError, DamagedCache) as error:
+        raise DataError(
+            f"data.cache_dir: the in-memory cache {pixels_path} cannot be rebuilt ({describe(error)}); free space in "
+            f"{pixels_path.parent}, or set data.cache_dir to another folder, or data.in_memory=false."
+        ) from error
+
+
 class InMemoryImages(Dataset):
     """An ImageFolder's split served from its decoded cache: the same (transform(image), label) pairs,
     without the unreadable images (named in `skipped`)."""
 
     def __init__(self, split: datasets.ImageFolder, cache: Path, on_bad_image: str) -> None:
         split_dir = Path(split.root)
-        stem = f"{split_dir.parent.name}-{split_dir.name}-{cache_key(split_dir, split.samples)}"
+        real = split_dir.resolve()
+        stem = f"{real.parent.name}-{real.name}-{cache_key(split_dir, split.samples)}"
         self.pixels_path, index_path = cache / f"{stem}.u8", cache / f"{stem}.npz"
         if not (index_path.is_file() and self.pixels_path.is_file()):
             _build(split, on_bad_image, self.pixels_path, index_path)
-        with np.load(index_path) as index:
-            self.offsets, self.shapes = index["offsets"], index["shapes"]
-            bad, reasons = index["bad"].tolist(), index["reasons"].tolist()
+        index = _read_cache(split, on_bad_image, self.pixels_path, index_path)
+        self.offsets, self.shapes = index["offsets"], index["shapes"]
+        bad, reasons = index["bad"].tolist(), index["reasons"].tolist()
         self.skipped = [split.samples[i][0] for i in bad]
         for path, reason in zip(self.skipped, reasons):
             bad_image(path, reason, on_bad_image)
@@ -144,7 +173,7 @@ class InMemoryImages(Dataset):
         return len(self.samples)
 
     def image(self, index: int) -> Image.Image:
-        """The decoded RGB image, as `pil_loader` gives it."""
+        """The decoded RGB image, as `load_rgb` gives it."""
         if self._pixels is None:
             self._pixels = np.memmap(self.pixels_path, dtype=np.uint8, mode="r")
         (height, width), start = self.shapes[index], self.offsets[index]

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets
-from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from roadmap import schema
 from roadmap.data.errors import DataError
@@ -64,7 +67,33 @@ class SyntheticImages(Dataset):
 
 
 def describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    """The error's type and message on one line (some libraries' messages span several)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+# Modes that hold more than 8 bits per pixel, and the value each scales to 255 from.
+WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+TRANSPARENT_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any image Pillow opens as 8-bit RGB, the one conversion of every decode path. 16-bit greyscale
+    (`I;16*`, and `I`, which older Pillow gave 16-bit PNGs) scales 0..65535 to 0..255, float (`F`) 0..1;
+    transparency (alpha, or a palette's or colour's `transparency`) is composited over white. A mode Pillow
+    cannot convert raises, so the image counts as unreadable."""
+    if image.mode in WIDE_MODES:
+        pixels = np.nan_to_num(np.asarray(image, dtype=np.float32)) * (255 / WIDE_MODES[image.mode])
+        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode in TRANSPARENT_MODES or "transparency" in image.info:
+        rgba = (image.convert("LA") if image.mode == "La" else image).convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGB: Pillow's conversion, as torchvision's loader
+
+
+def load_rgb(path: str) -> Image.Image:
+    """An image file's pixels as RGB (`to_rgb`): the loader of the image folders and the in-memory cache."""
+    with Image.open(path) as image:
+        return to_rgb(image)
 
 
 def bad_image(path: str, reason: str, on_bad_image: str) -> None:
@@ -84,8 +113,8 @@ class CheckedImageFolder(datasets.ImageFolder):
     readable image in its place, which keeps the batch size."""
 
     def __init__(self, root: str, transform: Any, on_bad_image: str) -> None:
-        # pil_loader converts to RGB: some ImageNet/Imagenette JPEGs are grayscale (mode L) or CMYK.
-        super().__init__(root, transform=transform, loader=pil_loader, allow_empty=True)
+        # load_rgb converts to RGB: some ImageNet/Imagenette JPEGs are grayscale (mode L) or CMYK.
+        super().__init__(root, transform=transform, loader=load_rgb, allow_empty=True)
         self.on_bad_image = on_bad_image
         self.bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
 
@@ -161,6 +190,23 @@ def _has_splits(root: Path) -> bool:
     return (root / "train").is_dir() and (root / "val").is_dir()
 
 
+@contextmanager
+def removed_if_failed(root: Path) -> Iterator[None]:
+    """A download into `root`: when it fails, the folders it created (the part of `root`'s path that did not
+    exist) are removed, so a failed attempt leaves nothing behind."""
+    created = None
+    for folder in (absolute := Path(os.path.abspath(root)), *absolute.parents):
+        if folder.exists():
+            break
+        created = folder
+    try:
+        yield
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
 def extract_imagenet(root: Path) -> None:
     """The official archives + devkit in `root` -> root/train/<wnid>/ and root/val/<wnid>/, once, with
     torchvision's ImageNet parsers (which check the archives' md5 first)."""
@@ -212,7 +258,8 @@ def locate_image_folder(data_cfg: Mapping[str, Any]) -> Path:
             )
         )
     try:
-        datasets.Imagenette(str(root), split="train", size=size, download=True)
+        with removed_if_failed(root):
+            datasets.Imagenette(str(root), split="train", size=size, download=True)
     except Exception as err:  # offline, DNS, HTTP, checksum: all mean "no copy here"
         raise DataError(
             _missing_folder_message(
@@ -233,7 +280,8 @@ def cifar(data_cfg: Mapping[str, Any], train: bool, transform: Any) -> Dataset:
     root = Path(data_cfg["root"]).expanduser()
     download = bool(schema.value(data_cfg, "data.download"))
     try:
-        return CIFAR[name](str(root), train=train, transform=transform, download=download)
+        with removed_if_failed(root):
+            return CIFAR[name](str(root), train=train, transform=transform, download=download)
     except Exception as err:
         how = (
             f"downloading it there failed ({type(err).__name__}: {err}); on a machine with network access "
