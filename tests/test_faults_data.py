@@ -129,7 +129,7 @@ def test_every_image_mode_decodes_to_its_rgb(tmp_path: Path, mode: str) -> None:
     expected = np.broadcast_to(np.asarray(pixels, dtype=np.uint8).reshape(1, 3, -1), (1, 3, 3))
     decoded = load_rgb(str(path))
     assert decoded.mode == "RGB" and np.abs(np.asarray(decoded, dtype=int) - expected).max() <= 1
-    assert torch.equal(decode([read_bytes(str(path))], torch.device("cpu"))[0], torch.from_numpy(np.asarray(decoded)).permute(2, 0, 1))
+    assert torch.equal(decode([read_bytes(str(path))], torch.device("cpu"))[0], torch.from_numpy(np.array(decoded)).permute(2, 0, 1))
 
     (tmp_path / "split" / "a").mkdir(parents=True)
     path.rename(tmp_path / "split" / "a" / path.name)

@@ -71,7 +71,9 @@ def decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]
     """RGB uint8 CHW images on `device`; one batched decode, or one by one (CMYK JPEGs and other formats,
     which nvjpeg does not read, decode on the CPU as the CPU path does) when the batch fails."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torchvision 0.29 deprecates its decoders for TorchCodec
+        # torchvision 0.29 deprecates its decoders for TorchCodec (a DeprecationWarning, or a UserWarning before)
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+        warnings.simplefilter("ignore", UserWarning)
         try:
             return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
         except RuntimeError:
