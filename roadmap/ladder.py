@@ -23,8 +23,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from roadmap import schema
 from roadmap.model import factory
 from roadmap.model.config import ArchConfig, ArchConfigError
 from roadmap import rundir  # noqa: F401 - registers the run_dir / experiment_dir resolvers the configs use
@@ -63,7 +64,20 @@ def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
         with hydra_context():
             return compose(config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as error:
-        raise LadderError(one_line(error)) from error
+        raise LadderError(_unknown_key(error) or one_line(error)) from error
+
+
+def _unknown_key(error: BaseException) -> str | None:
+    """The schema's line for an override of a key that nothing reads, instead of Hydra's advice to
+    add it with `+` (which would only put a dead key into the config and its hash); None for any
+    other error, and for a key that `+` rightly adds (a schema key left unset, a model argument)."""
+    cause = error.__cause__
+    key = getattr(cause, "full_key", None)
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or "not in struct" not in str(cause) or not key:
+        return None
+    if key in schema.KEYS or key.split(".")[0] in schema.BLOCKS:
+        return None
+    return schema.unknown_key(key)
 
 
 def one_line(error: BaseException) -> str:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from roadmap.ladder import LadderError, check_rung, compose_run, conf_dir, list_steps, load_regime, rung_name, step_chain
 from roadmap.plan import plan_run
-from roadmap.rundir import read_result, run_label, run_state
+from roadmap.rundir import check_record, read_result, run_label, run_state
 
 class SweepError(ValueError):
     """A roadmap preset or sweep option that cannot work."""
@@ -130,3 +130,15 @@ def status_table(rungs: list[Rung]) -> str:
         top1 = f"{result['top1']:.2f}" if result and result.get("top1") is not None else "-"
         lines.append(f"{rung.label:44s} {state:12s} {top1:>7s}  {rung.out_dir}")
     return "\n".join(lines)
+
+
+def unreadable_files(rungs: list[Rung]) -> list[str]:
+    """One line for each rung whose result.json or config.yaml cannot be read (its state: corrupt),
+    naming the file and what to do."""
+    lines = []
+    for rung in rungs:
+        try:
+            check_record(rung.out_dir)
+        except ValueError as error:
+            lines.append(str(error))
+    return lines

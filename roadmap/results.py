@@ -89,8 +89,13 @@ def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
         return []
     by_epoch: dict[int, dict[str, Any]] = {}
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            by_epoch[int(row["epoch"])] = {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+        reader = csv.DictReader(f)
+        try:
+            for row in reader:
+                by_epoch[int(row["epoch"])] = {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+        except (ValueError, TypeError, KeyError, csv.Error) as error:  # a UnicodeDecodeError is a ValueError
+            raise ValueError(f"{path} is not a run's metrics table (line {reader.line_num}: {type(error).__name__}: "
+                             f"{error}); repair it, or train the run again from the start with force=true") from error
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 

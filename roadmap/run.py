@@ -92,8 +92,6 @@ def _train_and_record(plan: RunPlan, parts: Parts, attempt: Attempt, state: Any)
         record = train(plan, parts, work, attempt.action, state)
     except Interrupted as stop:
         return _interrupted(plan, parts, attempt, state, stop.signum)
-    except DataError as error:  # bad input, not a failed run: nothing is recorded
-        return _error(error)
     except Exception as error:  # noqa: BLE001 - classified, recorded, reported in one line
         trace_log.error("%s", error, exc_info=True)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -107,9 +105,12 @@ def _train_and_record(plan: RunPlan, parts: Parts, attempt: Attempt, state: Any)
             kept = f"{attempt.checkpoint} is whole" if attempt.checkpoint.is_file() else "nothing was lost"
             return _error(f"cannot write {error.filename or work}: {error.strerror}; {kept}. Free space (or "
                           f"make it writable), then run the same command again: {resume_command()}", 1)
-        reason = f"{type(error).__name__}: {error}"
+        kind, message = _described(error)
         if not state.committed:
-            return _error(f"{reason} (before the first optimizer step: nothing was recorded)", 1)
+            if isinstance(error, DataError):  # bad input, found before anything was written: the command's fault
+                return _error(message)
+            return _error(f"{kind}: {message} (before the first optimizer step: nothing was recorded)", 1)
+        reason = f"{kind}: {message}"
         if is_rank_zero():
             attempt.record({**attempt_fields(plan, parts, state), "status": "failed", "reason": reason})
         kept = f"; the completed {RESULT_FILE} of {plan.out_dir} is kept" if attempt.action == "rerun" else ""
@@ -118,6 +119,16 @@ def _train_and_record(plan: RunPlan, parts: Parts, attempt: Attempt, state: Any)
         attempt.complete(record)
         log.info("top-1 %s (EMA %s) -> %s", record["top1"], record["top1_ema"], plan.out_dir)
     return 0
+
+
+def _described(error: Exception) -> tuple[str, str]:
+    """The error's type name and message; a DataLoader worker's error by its own (torch wraps it in
+    "Caught DataError in DataLoader worker process 0." and the worker's traceback)."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        kind, _, message = [line for line in text.splitlines() if line.strip()][-1].partition(": ")
+        return kind.rsplit(".", 1)[-1], message
+    return type(error).__name__, text
 
 
 def _interrupted(plan: RunPlan, parts: Parts, attempt: Attempt, state: Any, signum: int) -> int:
@@ -167,10 +178,17 @@ def _out_of_memory_message(plan: RunPlan) -> str:
 
 @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    import lightning.pytorch  # noqa: F401 - it adds its console handler on import
+    import lightning.pytorch  # noqa: F401 - it sets up its loggers on import
 
-    # Hydra's handlers (console + run.log) already show Lightning's logs: drop the duplicate.
-    logging.getLogger("lightning.pytorch").handlers.clear()
+    # Lightning, imported before Hydra set up logging, gave its loggers a stderr handler of their own:
+    # its warnings go to Hydra's handlers (console + run.log) instead, and stderr is left to the one
+    # line of a fault. So do Python's warnings (Lightning's hints): they are log lines, not faults.
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.WARNING)  # its info lines (GPU available: …) say nothing the summary does not
+    logging.captureWarnings(True)
     logging.raiseExceptions = False  # a full disk must not turn every log line into a traceback
     raise_on_signals()
     code = execute(cfg)

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from roadmap.results import RESULT_FIELDS, config_hash, read_metrics_csv, write_atomic
 
@@ -51,6 +53,9 @@ SLURM_DIR = "slurm"  # submitit's logs and pickles
 
 LOCK_STALE_S = 600  # a lock from another host that has not been refreshed this long is stale
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's, as on the console
+# What to do with a run file that cannot be read: without it the run's other files still say which
+# run it is (result.json or config.yaml its config hash, last.ckpt its config), and the run goes on.
+MOVE_AWAY = "move it away to rerun this run"
 
 
 # A name that becomes a folder: no separator, no "..", not hidden (a rung's name may hold + and =).
@@ -140,9 +145,9 @@ def read_result(out_dir: Path) -> dict[str, Any] | None:
     try:
         result = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); move it away to rerun this run") from error
+        raise ValueError(f"{path} is not valid JSON ({error}); {MOVE_AWAY}") from error
     if not isinstance(result, dict) or "status" not in result:
-        raise ValueError(f"{path} is not a run result (a JSON object with a status); move it away to rerun this run")
+        raise ValueError(f"{path} is not a run result (a JSON object with a status); {MOVE_AWAY}")
     return result
 
 
@@ -160,13 +165,38 @@ def read_history(out_dir: Path) -> list[dict[str, Any]]:
     return read_metrics_csv(Path(out_dir) / METRICS_FILE)
 
 
+def read_config(out_dir: Path) -> DictConfig | None:
+    """config.yaml of out_dir, None if absent; ValueError naming the file if it is not a run config
+    (bad YAML, a tag such as `!!python/object`: the loader is safe and refuses it)."""
+    path = Path(out_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        config = OmegaConf.load(path)
+        if isinstance(config, DictConfig):  # written resolved: an interpolation that does not resolve is damage
+            config = OmegaConf.create(OmegaConf.to_container(config, resolve=True))
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError, ValueError) as error:
+        why = getattr(error, "problem", None) or str(error).splitlines()[0]  # a YAML error's problem, without its context
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ValueError(f"{path} is not a readable run config ({why}{where}); {MOVE_AWAY}") from error
+    if not isinstance(config, DictConfig):
+        raise ValueError(f"{path} is not a run config (a YAML mapping); {MOVE_AWAY}")
+    return config
+
+
+def check_record(out_dir: Path) -> None:
+    """ValueError naming result.json or config.yaml of out_dir when it cannot be read (see `run_state`'s corrupt)."""
+    read_result(out_dir)
+    read_config(out_dir)
+
+
 def recorded_config_hash(out_dir: Path) -> str | None:
     """The config hash of the run recorded in out_dir, recomputed from its config.yaml under the
     current rules (so a key later declared unhashed, such as trainer.channels_last, does not turn
     recorded runs into conflicts); the stored hash where there is no config.yaml; None if empty."""
-    config_path = Path(out_dir) / CONFIG_FILE
-    if config_path.is_file():
-        recorded = OmegaConf.load(config_path)
+    recorded = read_config(out_dir)
+    if recorded is not None:
         stored = recorded.pop("config_hash", None)
         return config_hash(recorded) if len(recorded) else stored
     result = read_result(out_dir)
@@ -213,16 +243,16 @@ def list_runs(experiment: Path) -> list[RunDir]:
 
 
 def _identity(path: Path) -> dict[str, Any]:
-    try:
+    """The run's identity from its result.json, else its config.yaml; {} when neither can be read."""
+    with contextlib.suppress(ValueError):
         result = read_result(path)
-    except ValueError:
-        result = None
-    if result is not None:
-        return result
-    if (path / CONFIG_FILE).is_file():
-        config = OmegaConf.load(path / CONFIG_FILE)
-        return {"regime": OmegaConf.select(config, "regime.name"), "step": config.get("step"),
-                "variant": config.get("variant"), "seed": config.get("seed")}
+        if result is not None:
+            return result
+    with contextlib.suppress(ValueError):
+        config = read_config(path)
+        if config is not None:
+            return {"regime": OmegaConf.select(config, "regime.name"), "step": config.get("step"),
+                    "variant": config.get("variant"), "seed": config.get("seed")}
     return {}
 
 
@@ -230,12 +260,13 @@ def _identity(path: Path) -> dict[str, Any]:
 
 def run_state(out_dir: Path, expected_hash: str) -> str:
     """done | failed | running | queued (its SLURM job waits) | interrupted (stopped by a signal, or
-    has last.ckpt) | pending | conflict (it holds a run of another config than `expected_hash`)."""
+    has last.ckpt) | pending | conflict (it holds a run of another config than `expected_hash`) |
+    corrupt (its result.json or config.yaml cannot be read: `check_record` names it)."""
     try:
         result = read_result(out_dir)
         recorded = recorded_config_hash(out_dir)
     except ValueError:
-        return "failed"
+        return "corrupt"
     if recorded is not None and recorded != expected_hash:
         return "conflict"
     if lock_holder(out_dir) is not None:
@@ -339,8 +370,9 @@ def release_lock(out_dir: Path) -> None:
 def plan_action(out_dir: Path, expected_hash: str, force: bool) -> str:
     """What an attempt does in out_dir: "skip" (completed, same config), "rerun" (completed,
     force=true: trained in RERUN_DIR, promoted once it completes), "resume" (from last.ckpt) or
-    "fresh"; RunDirError if the directory holds another config's run (nothing is changed)."""
-    read_result(out_dir)  # an invalid result.json is an error naming it, never overwritten
+    "fresh"; RunDirError if the directory holds another config's run, ValueError naming a run file
+    that cannot be read (nothing is changed)."""
+    check_record(out_dir)  # an unreadable result.json or config.yaml is an error naming it, never overwritten
     state = run_state(out_dir, expected_hash)
     if state == "conflict":
         raise RunDirError(
@@ -351,6 +383,7 @@ def plan_action(out_dir: Path, expected_hash: str, force: bool) -> str:
     if state == "done":
         return "rerun" if force else "skip"
     if (Path(out_dir) / CHECKPOINT_FILE).is_file() and not force:
+        read_history(out_dir)  # its result.json will sum the earlier epochs' rows: found before training
         return "resume"
     return "fresh"
 

@@ -8,7 +8,8 @@ Light on purpose (no torch): results, the factory and the data package import it
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import difflib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,17 +53,21 @@ RECORDED_EXPERIMENT_NAMES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Key:
-    """One config key. `kind` is what `check` checks: "int", "number", "choice" or None (any value)."""
+    """One config key. `kind` is what `check` checks: "int", "number", "choice", "list" (of `item`s),
+    "batches" (a fraction or a count) or None (any value)."""
 
     name: str  # its dotted path in the run config
     doc: str  # its meaning (markdown)
     kind: str | None = None
     default: Any = REQUIRED  # the value when the config does not set it
-    minimum: float = 0  # "int" and "number"
+    minimum: float = 0  # "int" and "number" (and a list's items)
+    maximum: float | None = None
     choices: tuple[Any, ...] = ()  # "choice"
     nullable: bool = False  # null is valid too
     auto: bool = False  # "auto" is valid too
     says: str = "must be one of {choices}"  # a bad choice's message after `key=value` ({list}: as a list)
+    item: str = "number"  # "list": its items' kind
+    length: int | None = None  # "list": its length (None: any)
     values: str = ""  # the reference's "Values:" line when the kind does not say it
     hashed: bool = True  # False: changing it does not make another run (results.config_hash)
 
@@ -81,16 +86,34 @@ class Key:
             if ok:
                 return None
             if all(isinstance(c, bool) for c in self.choices):
-                return f"{head} must be true or false"
+                return f"{head} must be true, false or null" if self.nullable else f"{head} must be true or false"
             return f"{head} {self.says.format(choices=self.choices, list=list(self.choices))}"
         if self.kind in ("int", "number"):
-            types = int if self.kind == "int" else (int, float)
-            if not isinstance(value, bool) and isinstance(value, types) and value >= self.minimum:
+            if self._fits(value, self.kind):
                 return None
-            what = "an integer" if self.kind == "int" else "a number"
-            valid = f"{what} >= {self.minimum:g}"
-            return f"{head} must be " + ("'auto' or " if self.auto else "") + valid + (" or null" if self.nullable else "")
+            return f"{head} must be " + ("'auto' or " if self.auto else "") + self._range(self.kind) + (
+                " or null" if self.nullable else "")
+        if self.kind == "list":
+            items = value if isinstance(value, Sequence) and not isinstance(value, str) else None
+            if items is not None and len(items) == (self.length or len(items)) and all(self._fits(v, self.item) for v in items):
+                return None
+            count = {2: "two ", 3: "three "}.get(self.length or 0, "")
+            return f"{head} must be a list of {count}{self._range(self.item, plural=True)}"
+        if self.kind == "batches":  # Lightning's limit_*_batches: a float is a fraction of the batches, an int a count
+            if self._fits(value, "int") or self._fits(value, "number") and value <= 1:
+                return None
+            return f"{head} must be a fraction in [0, 1] or a count (an integer >= 0)" + (" or null" if self.nullable else "")
         return None
+
+    def _fits(self, value: Any, kind: str) -> bool:
+        types = int if kind == "int" else (int, float)
+        return (not isinstance(value, bool) and isinstance(value, types) and value >= self.minimum
+                and (self.maximum is None or value <= self.maximum))
+
+    def _range(self, kind: str, plural: bool = False) -> str:
+        what = {("int", False): "an integer", ("number", False): "a number", ("int", True): "integers",
+                ("number", True): "numbers"}[kind, plural]
+        return f"{what} >= {self.minimum:g}" + ("" if self.maximum is None else f" and <= {self.maximum:g}")
 
 
 @dataclass(frozen=True)
@@ -204,7 +227,7 @@ KEYS: dict[str, Key] = _keys(
     Key("recipe.optimizer.base_lr", "The learning rate at `base_batch`; lr = base_lr × global_batch / base_batch "
         "(linear scaling).", "number"),
     Key("recipe.optimizer.base_batch", "The batch `base_lr` is given for.", "int", minimum=1),
-    Key("recipe.optimizer.betas", "AdamW's betas.", values="two numbers"),
+    Key("recipe.optimizer.betas", "AdamW's betas.", "list", length=2, maximum=1),
     Key("recipe.optimizer.eps", "AdamW's eps.", "number"),
     Key("recipe.optimizer.weight_decay", "The decoupled weight decay (AdamW: none on biases and 1-D parameters).",
         "number"),
@@ -222,32 +245,34 @@ KEYS: dict[str, Key] = _keys(
     Key("recipe.schedule.warmup_start_lr", "warmup_cosine: the learning rate the warmup starts from.", "number"),
     Key("recipe.schedule.min_lr", "warmup_cosine: the learning rate the cosine decays to.", "number"),
     Key("recipe.schedule.milestones", "step: the epochs at which the learning rate is multiplied by `gamma`.",
-        default=[30, 60], values="a list of epochs"),
+        "list", item="int", default=[30, 60], values="a list of epochs"),
     Key("recipe.schedule.gamma", "step: the factor at each milestone.", "number", default=0.1),
-    Key("recipe.augment.interpolation", "RandomResizedCrop's and the eval resize's interpolation.",
-        values="`bicubic`, `bilinear`, …"),
-    Key("recipe.augment.scale", "RandomResizedCrop's area range.", values="two numbers"),
-    Key("recipe.augment.ratio", "RandomResizedCrop's aspect-ratio range.", values="two numbers"),
-    Key("recipe.augment.hflip", "The horizontal flip's probability.", "number"),
+    Key("recipe.augment.interpolation", "RandomResizedCrop's and the eval resize's interpolation.", "choice",
+        choices=("bicubic", "bilinear", "nearest")),
+    Key("recipe.augment.scale", "RandomResizedCrop's area range.", "list", length=2),
+    Key("recipe.augment.ratio", "RandomResizedCrop's aspect-ratio range.", "list", length=2),
+    Key("recipe.augment.hflip", "The horizontal flip's probability.", "number", maximum=1),
     Key("recipe.augment.randaugment", "RandAugment in timm notation; `null` turns it off.",
         values="`null`, e.g. `rand-m9-mstd0.5-inc1`"),
     Key("recipe.augment.color_jitter", "Color jitter's strength; inactive whenever `randaugment` is set, as in "
-        "the official code.", values="a number, `null`"),
-    Key("recipe.augment.random_erasing", "RandomErasing's probability.", "number"),
-    Key("recipe.augment.random_erasing_mode", "RandomErasing's fill (`pixel`: per-pixel random values).",
-        values="`pixel`, `rand`, `const`"),
+        "the official code.", "number", nullable=True),
+    Key("recipe.augment.random_erasing", "RandomErasing's probability.", "number", maximum=1),
+    Key("recipe.augment.random_erasing_mode", "RandomErasing's fill (`pixel`: per-pixel random values).", "choice",
+        choices=("pixel", "rand", "const")),
     Key("recipe.augment.random_erasing_count", "RandomErasing's boxes per image.", "int"),
     Key("recipe.augment.mixup", "MixUp's alpha; 0 disables it.", "number"),
     Key("recipe.augment.cutmix", "CutMix's alpha; 0 disables it.", "number"),
-    Key("recipe.augment.mixup_prob", "The probability of mixing a batch at all.", "number"),
-    Key("recipe.augment.mixup_switch_prob", "The probability of CutMix instead of MixUp, per batch.", "number"),
-    Key("recipe.augment.mixup_mode", "timm's Mixup mode.", values="`batch`, `pair`, `elem`"),
+    Key("recipe.augment.mixup_prob", "The probability of mixing a batch at all.", "number", maximum=1),
+    Key("recipe.augment.mixup_switch_prob", "The probability of CutMix instead of MixUp, per batch.", "number",
+        maximum=1),
+    Key("recipe.augment.mixup_mode", "timm's Mixup mode.", "choice", choices=("batch", "pair", "elem")),
     Key("recipe.augment.crop_pct", "Eval: resize the short side to `image_size / crop_pct`, center crop "
         "`image_size`.", "number"),
-    Key("recipe.augment.mean", "The normalization's per-channel mean.", values="three numbers"),
-    Key("recipe.augment.std", "The normalization's per-channel std.", values="three numbers"),
-    Key("recipe.label_smoothing", "Label smoothing (through the mixed soft targets when mixing is on).", "number"),
-    Key("recipe.drop_path", "The maximum stochastic-depth rate (→ `model.drop_path`).", "number"),
+    Key("recipe.augment.mean", "The normalization's per-channel mean.", "list", length=3),
+    Key("recipe.augment.std", "The normalization's per-channel std.", "list", length=3),
+    Key("recipe.label_smoothing", "Label smoothing (through the mixed soft targets when mixing is on).", "number",
+        maximum=1),
+    Key("recipe.drop_path", "The maximum stochastic-depth rate (→ `model.drop_path`).", "number", maximum=1),
     Key("recipe.layer_scale", "The layer scale's init, 0: off (→ `model.layer_scale`).", "number"),
     Key("recipe.head_init_scale", "The head's initial weight and bias × this, 0.001 when fine-tuning "
         "(→ `model.head_init_scale`).", "number"),
@@ -258,19 +283,20 @@ KEYS: dict[str, Key] = _keys(
         choices=("trunc_normal", "torch_default")),
     Key("recipe.grad_clip", "The gradient norm's clip; `null`: none.", "number", nullable=True),
     Key("recipe.ema_decay", "The EMA's decay; the EMA is tracked and evaluated separately (`null` or 0: none).",
-        "number", nullable=True),
+        "number", maximum=1, nullable=True),
     Key("recipe.ema_warmup", "`true`: the decay is min(decay, (1+n)/(10+n)), so a short run's EMA tracks the "
-        "model early.", values="`null`, `true`, `false`"),
+        "model early.", "choice", choices=(False, True), nullable=True),
     # Trainer.
     Key("trainer.name", "The trainer preset's name (`trainer=<name>`)."),
     Key("trainer.accelerator", "Lightning's accelerator; `auto`: `gpu` when CUDA is available, else `cpu`.",
-        values="`auto`, `cpu`, `gpu`"),
+        "choice", choices=("auto", "cpu", "gpu", "cuda", "mps")),
     Key("trainer.devices", "Devices per node; one SLURM task per device. `auto`: every visible GPU, or 1.", "int",
         minimum=1, auto=True),
     Key("trainer.num_nodes", "Nodes.", "int", minimum=1),
     Key("trainer.strategy", "Lightning's strategy (`ddp` under `trainer=ddp`).", values="`auto`, `ddp`, …"),
     Key("trainer.precision", "Lightning's precision; `auto`: `bf16-mixed` on a GPU that has it, else `32-true`.",
-        values="`auto`, `32-true`, `bf16-mixed`, …"),
+        "choice", choices=("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "16",
+                           "bf16", "64", 32, 16, 64), values="`auto`, `32-true`, `bf16-mixed`, `16-mixed`, …"),
     Key("trainer.per_device_batch", "`auto`: the largest batch dividing `recipe.global_batch`, up to "
         "`trainer=gpu`'s 128 on a GPU and `trainer=cpu`'s 64 on a CPU. A preset or the command line may set it. "
         "Not in the config hash (see [runs.md](runs.md#the-config-hash)).", "int", minimum=1, auto=True,
@@ -290,8 +316,8 @@ KEYS: dict[str, Key] = _keys(
     Key("trainer.deterministic", "With one CPU/GPU device and `data.num_workers=0`, a resumed run ends with the "
         "same weights, bit for bit, as an uninterrupted one.", "choice", choices=(False, True)),
     Key("trainer.limit_train_batches", "Training batches per epoch, a fraction or a count (smoke runs); `null`: "
-        "all.", "number", nullable=True),
-    Key("trainer.limit_val_batches", "Validation batches, a fraction or a count; `null`: all.", "number",
+        "all.", "batches", nullable=True),
+    Key("trainer.limit_val_batches", "Validation batches, a fraction or a count; `null`: all.", "batches",
         nullable=True),
     Key("trainer.check_val_every_n_epoch", "Validate every n epochs and at the end.", "int", minimum=1),
     Key("trainer.validate_first_epoch", "Also validate after epoch 0 when `check_val_every_n_epoch` > 1, so that a "
@@ -354,11 +380,36 @@ def check_value(key: str, value: Any) -> None:
         raise ConfigError(error)
 
 
+def unknown_key(key: str) -> str:
+    """The one line for a key that nothing reads (a typo, or a `+key` added on the command line)."""
+    nearest = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.5)
+    hint = f"the nearest valid key is {nearest[0]}" if nearest else "docs/config.md lists the valid keys"
+    return f"{key} is not a config key (nothing reads it); {hint}"
+
+
+def _unknown_keys(node: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of `node` that are neither in the schema nor in one of BLOCKS."""
+    found = []
+    for name, child in node.items():
+        path = f"{prefix}{name}"
+        if path in KEYS or path.split(".")[0] in BLOCKS:
+            continue
+        if isinstance(child, Mapping) and any(key.startswith(f"{path}.") for key in KEYS):
+            found += _unknown_keys(child, f"{path}.")
+        else:
+            found.append(path)
+    return found
+
+
 def check(node: Mapping[str, Any], at: str = "") -> None:
     """Check every key of the schema under `at`, the dotted path of `node` in the run config ("" for the
     whole config, "data" for its data block, …): its value, or its absence when it has no default; then
-    the rules between keys. The first fault is a ConfigError of one line."""
+    the rules between keys. The whole config must hold no other keys (outside BLOCKS). The first fault
+    is a ConfigError of one line."""
     prefix = f"{at}." if at else ""
+    unknown = [] if at else _unknown_keys(node)
+    if unknown:
+        raise ConfigError(unknown_key(unknown[0]))
     for key in KEYS.values():
         if not key.name.startswith(prefix):
             continue
@@ -412,8 +463,12 @@ def _values(key: Key) -> str:
     if key.values:
         return key.values
     if key.kind == "choice":
-        return ", ".join(f"`{_literal(c)}`" for c in key.choices)
-    text = {"int": f"an integer ≥ {key.minimum:g}", "number": f"a number ≥ {key.minimum:g}"}.get(key.kind, "any")
+        return ", ".join(f"`{_literal(c)}`" for c in (*key.choices, *([None] if key.nullable else [])))
+    upper = "" if key.maximum is None else f" and ≤ {key.maximum:g}"
+    count = {2: "two ", 3: "three "}.get(key.length or 0, "")
+    text = {"int": f"an integer ≥ {key.minimum:g}{upper}", "number": f"a number ≥ {key.minimum:g}{upper}",
+            "list": f"a list of {count}{'integers' if key.item == 'int' else 'numbers'} ≥ {key.minimum:g}{upper}",
+            "batches": "a fraction in [0, 1] or a count (an integer ≥ 0)"}.get(key.kind, "any")
     return ("`auto`, " if key.auto else "") + text + (", `null`" if key.nullable else "")
 
 

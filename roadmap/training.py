@@ -54,7 +54,7 @@ def build_parts(plan: RunPlan) -> Parts:
     from roadmap.model.complexity import complexity
 
     cfg = plan.cfg
-    seed_everything(int(cfg.seed), workers=True)
+    seed_everything(int(cfg.seed), workers=True, verbose=False)
     model = build_model(plan)
     try:
         counts = complexity(model, int(cfg.data.image_size))
@@ -217,6 +217,10 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # Lightning's own use of a torch API it deprecated: nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning's hints that do not apply here: roadmap's launchers start SLURM tasks themselves, and
+    # its progress lines and metrics.csv do not depend on Lightning's logging interval.
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
     trainer = build_trainer(plan, work, callbacks, build_loggers(plan))
     ckpt = work / CHECKPOINT_FILE if action == "resume" else None
     start = time.perf_counter()

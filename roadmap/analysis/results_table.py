@@ -61,10 +61,11 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
 
 def collect(folder: Path, runs: list[RunDir] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The results table and its summary of an experiment folder, written there (results.csv,
-    results.parquet, summary.csv); FileNotFoundError when no run has a result.json."""
+    results.parquet, summary.csv); FileNotFoundError when no run has a result.json (nothing is written)."""
     results = load_results(folder, runs)
     if results.empty:
-        raise FileNotFoundError(f"no {RESULT_FILE} in the run directories under {folder}")
+        raise FileNotFoundError(f"nothing to collect: no {RESULT_FILE} in the run directories under {folder} "
+                                "(check experiment_name and output_root); nothing was written")
     summary = summarize(results)
     results.to_csv(folder / RESULTS_CSV, index=False)
     results.to_parquet(folder / RESULTS_PARQUET, index=False)
