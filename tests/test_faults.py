@@ -164,7 +164,7 @@ def test_a_bad_image_mid_training_fails_the_run_in_one_line(tmp_path: Path) -> N
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.splitlines() == [
         f"roadmap.run: error: the run failed: DataError: cannot read image {bad} (UnidentifiedImageError: cannot "
-        f"identify image file <_io.BufferedReader name='{bad}'>); data.on_bad_image=skip skips unreadable images "
+        f"identify image file '{bad}'); data.on_bad_image=skip skips unreadable images "
         f"(named in the log, counted in result.json). (result in {run_dir / 'result.json'})"]
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "failed" and str(bad) in result["reason"]

@@ -12,6 +12,7 @@ def test_a_run_starts_with_a_summary_block(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "roadmap.run", "step=gelu", *SMOKE, *TINY, f"output_root={tmp_path}"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == "" and "Warning" not in proc.stdout  # no warning in a smoke run, ours or a library's
     lines = [line.split(" - ", 1)[1] for line in (proc.stdout + proc.stderr).splitlines() if "][roadmap.run][INFO] - " in line]
     out = tmp_path / "smoke" / "r50" / "gelu" / "seed0"
     assert lines[:5] == [
