@@ -34,15 +34,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="also run the tests marked `slow` (left out by default: tests/README.md)")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_itemcollected(item: pytest.Item) -> None:
     """Under `--dist loadgroup`, the tests on the machine's one SLURM cluster (fixed ports) run on one
-    xdist worker, which starts the cluster once; so do the tests on test_run.py's one smoke run (a
-    module-scoped fixture runs once per worker that uses it). The `slow` tests are left out unless
-    `--runslow` is given or `-m` chooses the tests itself (`-m slow`: the slow set alone)."""
-    for item in items:
-        for fixture, group in (("slurm_cluster", "slurm"), ("smoke_run", "smoke_run")):
-            if fixture in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(group))
+    xdist worker, which starts the cluster once (on two, the second would wait for the first's session
+    to end); so do the tests on test_run.py's one smoke run (a module-scoped fixture runs once per
+    worker that uses it). Marked as each test is collected: xdist reads the marks into node ids in its
+    own pytest_collection_modifyitems, which may run before ours."""
+    for fixture, group in (("slurm_cluster", "slurm"), ("smoke_run", "smoke_run")):
+        if fixture in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
+    """Under `--dist loadgroup`, a grouped test's node id ends in `@<group>` (the SLURM tests: `@slurm`); if
+    it does not, the grouping is silently off (pytest 9.2 with pytest-xdist 3.8): stop rather than run the
+    SLURM tests on two workers, where one waits for the other's cluster."""
+    ungrouped = [i for i in ids if i.startswith("tests/test_slurm_cluster.py::") and "@" not in i]
+    if ungrouped and getattr(node, "config", None) is not None and node.config.getvalue("dist") == "loadgroup":
+        pytest.exit(f"--dist loadgroup does not group {ungrouped[0]} with pytest {pytest.__version__}: install "
+                    "the versions pyproject.toml's dev extra allows", returncode=4)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The `slow` tests are left out unless `--runslow` is given or `-m` chooses the tests itself
+    (`-m slow`: the slow set alone)."""
     if config.getoption("--runslow") or config.getoption("markexpr"):
         return
     slow = [item for item in items if item.get_closest_marker("slow")]

@@ -2,7 +2,9 @@
 a run file that cannot be read, bad data found mid-training, an empty experiment. Each ends in one
 line on stderr naming the key or the file and what to do, with the exit code docs/troubleshooting.md
 promises (0 done, 1 failed, 2 wrong command or directory, nothing written). A name that would leave
-output_root, a stale or malformed lock and a symlinked rerun/ are in tests/test_rundir.py."""
+output_root, a stale or malformed lock and a symlinked rerun/ are in tests/test_rundir.py; the data
+faults (a shard index that would run code, damaged chunks, every image mode, a truncated in-memory
+cache, a failed download) in tests/test_faults_data.py."""
 from __future__ import annotations
 
 import copy
