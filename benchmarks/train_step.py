@@ -2,7 +2,7 @@
 of the endpoint rungs beside their reference implementations, as ratios measured in one process.
 
     python benchmarks/train_step.py                      # 64 px / batch 64, every rung, both memory formats
-    python benchmarks/train_step.py --quick              # endpoints only (ours vs references), 64 px
+    python benchmarks/train_step.py --quick              # endpoints vs references, 64 px, full and quarter width
     python benchmarks/train_step.py --sizes 224 --rungs endpoints   # the endpoints at 224 px / batch 32
     python benchmarks/train_step.py --sizes 64,224       # everything (long on a CPU: ~16 s a step at 224 px)
     python benchmarks/train_step.py --device cuda --precision bf16 --compile   # on a GPU
@@ -13,8 +13,13 @@ after one untimed warm-up step each), in contiguous and channels_last layouts:
 
 - `resnet50`: rung `resnet50` beside torchvision `resnet50`.
 - `convnext_tiny`: rung `separate_downsampling` built with layer_scale=1e-6 (exactly ConvNeXt-T)
-  beside torchvision `convnext_tiny` and timm `convnext_tiny`.
+  beside torchvision `convnext_tiny` and timm `convnext_tiny`. At `--width-mult` w != 1 the references
+  get the same stage widths (torchvision's `ConvNeXt` with its `block_setting`, timm's with `dims`),
+  so the CPU proxy's quarter-width ConvNeXt has its comparison too (ResNet-50 has none below width 1).
 - every other rung on its own (its two layouts interleaved).
+
+Each comparison reports the median of the per-round ratios (reference step time / ours, the same
+round's two steps) and their range; `--quick` runs 15 rounds, enough to tell a 5% gap from noise here.
 
 A plain fp32 matmul (2048 x 2048, `--matmul-size`; bf16 under --precision bf16) runs in every round too: the
 achieved GFLOP/s of a model (its conv + linear MACs at the image size x 2 FLOP x 3, since
@@ -60,36 +65,54 @@ class Entry:
     step: str | None = None  # the rung, for roadmap models
 
 
-def roadmap_entry(step: str, drop_path: float, arch: dict, **overrides: float) -> Entry:
-    suffix = "".join(f" ({k}={v:g})" for k, v in overrides.items())
-    return Entry(
-        step, f"roadmap {step}{suffix}", "roadmap",
-        lambda: roadmap.build_model(step, drop_path=drop_path if step != "resnet50" else 0.0, **arch, **overrides),
-        step,
-    )
+def roadmap_entry(step: str, drop_path: float, arch: dict, conv_pointwise: bool = False, **overrides: float) -> Entry:
+    """Our rung; `conv_pointwise`: with every block's 1x1 convs run as convolutions on NCHW tensors
+    (the path before they ran as Linear layers on the channels-last view: the same function)."""
+    suffix = "".join(f" ({k}={v:g})" for k, v in overrides.items()) + (", 1x1 as conv" if conv_pointwise else "")
+
+    def build() -> nn.Module:
+        model = roadmap.build_model(step, drop_path=drop_path if step != "resnet50" else 0.0, **arch, **overrides)
+        for module in model.modules():
+            if hasattr(module, "pointwise_as_linear") and conv_pointwise:
+                module.pointwise_as_linear = False
+        return model
+
+    return Entry(step, f"roadmap {step}{suffix}", "roadmap", build, step)
 
 
-def groups_for(rungs: list[str], drop_path: float, references: bool, arch: dict) -> list[tuple[str, list[Entry]]]:
+def convnext_references(drop_path: float, num_classes: int, width_mult: float) -> list[Entry]:
+    """torchvision's and timm's ConvNeXt-T, with the stage widths of our rung at `width_mult`."""
     import timm
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    dims = roadmap.compose_arch("separate_downsampling", overrides={"width_mult": width_mult}).stage_widths()
+    depths = (3, 3, 9, 3)
+    settings = [CNBlockConfig(d, dims[i + 1] if i + 1 < len(dims) else None, n)
+                for i, (d, n) in enumerate(zip(dims, depths))]
+    return [
+        Entry("convnext_tiny", "torchvision convnext_tiny", "torchvision",
+              lambda: ConvNeXt(settings, stochastic_depth_prob=drop_path, num_classes=num_classes)),
+        Entry("convnext_tiny", "timm convnext_tiny", "timm",
+              lambda: timm.create_model("convnext_tiny", dims=dims, drop_path_rate=drop_path, num_classes=num_classes)),
+    ]
+
+
+def groups_for(rungs: list[str], drop_path: float, references: bool, arch: dict,
+               conv_pointwise: bool = False) -> list[tuple[str, list[Entry]]]:
     import torchvision
 
     groups: list[tuple[str, list[Entry]]] = []
     for step in rungs:
         entries = [roadmap_entry(step, drop_path, arch)]
-        if step == "resnet50" and references:
-            entries.append(Entry(step, "torchvision resnet50", "torchvision", lambda: torchvision.models.resnet50()))
+        if step == "resnet50" and references and arch["width_mult"] == 1.0:
+            entries.append(Entry(step, "torchvision resnet50", "torchvision",
+                                 lambda: torchvision.models.resnet50(num_classes=arch["num_classes"])))
         groups.append((step, entries))
     if "separate_downsampling" in rungs and references:
-        groups.append((
-            "convnext_tiny",
-            [
-                roadmap_entry("separate_downsampling", drop_path, arch, layer_scale=1e-6),
-                Entry("convnext_tiny", "torchvision convnext_tiny", "torchvision",
-                      lambda: torchvision.models.convnext_tiny(stochastic_depth_prob=drop_path)),
-                Entry("convnext_tiny", "timm convnext_tiny", "timm",
-                      lambda: timm.create_model("convnext_tiny", drop_path_rate=drop_path)),
-            ],
-        ))
+        ours = [roadmap_entry("separate_downsampling", drop_path, arch, layer_scale=1e-6)]
+        if conv_pointwise:
+            ours.append(roadmap_entry("separate_downsampling", drop_path, arch, True, layer_scale=1e-6))
+        groups.append(("convnext_tiny", [*ours, *convnext_references(drop_path, arch["num_classes"], arch["width_mult"])]))
     return groups
 
 
@@ -126,22 +149,31 @@ def main(argv: list[str] | None = None) -> int:
                         help="'all' adopted r50 rungs, 'endpoints' (resnet50, separate_downsampling), or a list")
     parser.add_argument("--formats", default="contiguous,channels_last", help="memory layouts to measure")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per model for a rung without reference")
-    parser.add_argument("--ref-steps", type=int, default=4, help="timed steps per model in a comparison group")
+    parser.add_argument("--ref-steps", type=int, default=None,
+                        help="timed steps (rounds) per model in a comparison group (default 4; 15 with --quick)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
     parser.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth of every rung but resnet50 (0 there, as torchvision's) and of the ConvNeXt references")
     parser.add_argument("--no-references", action="store_true", help="our rungs only")
-    parser.add_argument("--width-mult", type=float, default=1.0,
-                        help="model.width_mult of our rungs (e.g. 0.25, the CPU proxy ladder's); != 1 implies --no-references")
-    parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--quick", action="store_true", help="64 px, the endpoints and their references only")
+    parser.add_argument("--width-mult", default=None,
+                        help="model.width_mult of our rungs and the ConvNeXt references, comma-separated (e.g. "
+                        "1,0.25: full and the CPU proxy ladder's quarter width; default 1, --quick 1,0.25); ResNet-50's reference at 1 only")
+    parser.add_argument("--num-classes", type=int, default=1000, help="classes of every model's head, references too")
+    parser.add_argument("--quick", action="store_true",
+                        help="64 px, the endpoints and their references at width 1 and 0.25, 15 rounds")
     parser.add_argument("--matmul-size", type=int, default=2048,
                         help="side n of the n x n matmul yardstick (default 2048; small only to try the script quickly)")
+    parser.add_argument("--conv-pointwise", action="store_true",
+                        help="add our ConvNeXt endpoint with its 1x1 convs run as convolutions (NCHW; how every "
+                        "rung ran them before they became Linear layers on the channels-last view) to its comparison")
+    parser.add_argument("--op-profile", type=int, default=0, metavar="N",
+                        help="after the timing, profile one step of each model (torch.profiler) and print its N "
+                        "most expensive ops by self time, with call counts")
     add_device_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.rungs = "64", "endpoints"
-    if args.width_mult != 1.0 or args.num_classes != 1000:
-        args.no_references = True  # the references come in one width and 1000 classes only
+        args.sizes, args.rungs, args.width_mult = "64", "endpoints", args.width_mult or "1,0.25"
+    args.ref_steps = args.ref_steps or (15 if args.quick else 4)
+    width_mults = [float(w) for w in csv_list(args.width_mult or "1")]
     device = setup_device(args)
 
     all_rungs = roadmap.list_steps("r50")
@@ -162,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
 
     print_header("train-step throughput: forward + backward + AdamW, images/s", device, args)
     matmul = Matmul(device, torch.bfloat16 if args.precision == "bf16" else torch.float32, n=args.matmul_size)
-    gmacs: dict[tuple[str, int], float] = {}  # conv + linear MACs of one image (any module: meta tensors)
     start = time.perf_counter()
 
     for size in sizes:
@@ -170,49 +201,75 @@ def main(argv: list[str] | None = None) -> int:
         g = torch.Generator().manual_seed(0)
         images = torch.randn(batch, 3, size, size, generator=g).to(device)
         labels = torch.randint(0, args.num_classes, (batch,), generator=g).to(device)
-        results: dict[tuple[str, str], dict] = {}  # (label, layout) -> row
-        matmul_times: list[float] = []
-        arch = {"num_classes": args.num_classes, "width_mult": args.width_mult}
-        for group, entries in groups_for(rungs, args.drop_path, not args.no_references, arch):
-            steps = args.ref_steps if len(entries) > 1 else args.steps
-            fns: dict[str, Callable[[], None]] = {}
-            for entry in entries:
-                for layout in layouts:
-                    torch.manual_seed(0)
-                    model = entry.build()
-                    gmacs[(entry.label, size)] = roadmap.complexity(model, size)["gmacs"]
-                    fns[f"{entry.label}|{layout}"] = TrainStep(
-                        model, images, labels, layout, device, args.precision,
-                        args.compile_mode if args.compile else None
-                    )
-            fns["matmul"] = matmul
-            t0 = time.perf_counter()
-            timings = interleave(fns, steps, device, warmup=args.warmup)
-            matmul_times += timings.pop("matmul").wall
-            for entry in entries:
-                macs = gmacs[(entry.label, size)]
-                for layout in layouts:
-                    t = timings[f"{entry.label}|{layout}"]
-                    results[(entry.label, layout)] = {
-                        "group": group, "entry": entry, "layout": layout, "wall": t.median_wall,
-                        "cpu": t.median_cpu, "spread": t.spread(), "gmacs": macs, "walls": t.wall,
-                        "img_s": batch / t.median_wall,
-                        "gflop_s": macs * 2 * 3 * batch / t.median_wall,
-                    }
-            print(f"#   {size} px {group}: {len(fns) - 1} models x {steps} steps in {time.perf_counter() - t0:.0f} s",
-                  file=sys.stderr, flush=True)
-            del fns, timings
-            gc.collect()
-
-        matmul_gflops = matmul.flop / statistics.median(matmul_times) / 1e9
-        print(f"## {size} px, batch {batch}, {args.precision}; plain {matmul.n}x{matmul.n} "
-              f"{str(matmul.dtype).removeprefix('torch.')} matmul: {matmul_gflops:.1f} GFLOP/s "
-              f"(median of {len(matmul_times)}, interleaved with the steps)\n")
-        _print_ladder(rungs, layouts, results, matmul_gflops)
-        if not args.no_references:
-            _print_comparisons(layouts, results)
+        for width_mult in width_mults:
+            arch = {"num_classes": args.num_classes, "width_mult": width_mult}
+            groups = groups_for(rungs, args.drop_path, not args.no_references, arch, args.conv_pointwise)
+            results, matmul_gflops = measure(groups,
+                                             images, labels, layouts, matmul, device, args)
+            print(f"## {size} px, batch {batch}, width_mult {width_mult:g}, {args.precision}; plain "
+                  f"{matmul.n}x{matmul.n} {str(matmul.dtype).removeprefix('torch.')} matmul: {matmul_gflops:.1f} "
+                  f"GFLOP/s (median, interleaved with the steps)\n")
+            _print_ladder(rungs, layouts, results, matmul_gflops)
+            if not args.no_references:
+                _print_comparisons(layouts, results)
     print(f"# total {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def measure(groups: list[tuple[str, list[Entry]]], images: torch.Tensor, labels: torch.Tensor, layouts: list[str],
+            matmul: Matmul, device: torch.device, args: argparse.Namespace) -> tuple[dict, float]:
+    """Every group's models in every layout, interleaved with the matmul yardstick: one row per
+    (label, layout), and the matmul's GFLOP/s."""
+    batch, size = images.shape[0], images.shape[-1]
+    results: dict[tuple[str, str], dict] = {}
+    matmul_times: list[float] = []
+    for group, entries in groups:
+        steps = args.ref_steps if len(entries) > 1 else args.steps
+        fns: dict[str, Callable[[], None]] = {}
+        gmacs: dict[str, float] = {}  # conv + linear MACs of one image (any module: meta tensors)
+        for entry in entries:
+            for layout in layouts:
+                torch.manual_seed(0)
+                model = entry.build()
+                gmacs[entry.label] = roadmap.complexity(model, size)["gmacs"]
+                fns[f"{entry.label}|{layout}"] = TrainStep(
+                    model, images, labels, layout, device, args.precision, args.compile_mode if args.compile else None
+                )
+        fns["matmul"] = matmul
+        t0 = time.perf_counter()
+        timings = interleave(fns, steps, device, warmup=args.warmup)
+        matmul_times += timings.pop("matmul").wall
+        for entry in entries:
+            for layout in layouts:
+                t = timings[f"{entry.label}|{layout}"]
+                results[(entry.label, layout)] = {
+                    "group": group, "entry": entry, "layout": layout, "wall": t.median_wall,
+                    "cpu": t.median_cpu, "spread": t.spread(), "gmacs": gmacs[entry.label], "walls": t.wall,
+                    "img_s": batch / t.median_wall, "gflop_s": gmacs[entry.label] * 2 * 3 * batch / t.median_wall,
+                }
+        print(f"#   {size} px {group}: {len(fns) - 1} models x {steps} steps in {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr, flush=True)
+        if args.op_profile:
+            for name, fn in fns.items():
+                if name != "matmul":
+                    print_op_profile(name, fn, args.op_profile)
+        del fns, timings
+        gc.collect()
+    return results, matmul.flop / statistics.median(matmul_times) / 1e9
+
+
+def print_op_profile(name: str, step: Callable[[], None], top: int) -> None:
+    """One profiled step: its `top` ops by self CPU time (the step is warm: timed before)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"### op profile: {name.replace('|', ', ')} (one step, {total / 1e3:.0f} ms self CPU time)\n")
+    rows = [{"op": e.key, "calls": e.count, "self ms": e.self_cpu_time_total / 1e3,
+             "% of step": 100 * e.self_cpu_time_total / total} for e in events[:top]]
+    print_table(rows, ["op", "calls", "self ms", "% of step"], {"self ms": 1, "% of step": 1})
 
 
 def _print_ladder(rungs: list[str], layouts: list[str], results: dict, matmul_gflops: float) -> None:
@@ -238,17 +295,18 @@ def _print_ladder(rungs: list[str], layouts: list[str], results: dict, matmul_gf
 
 def _print_comparisons(layouts: list[str], results: dict) -> None:
     rows = []
+    convnext = "roadmap separate_downsampling (layer_scale=1e-06)"
     pairs = [("roadmap resnet50", ["torchvision resnet50"]),
-             ("roadmap separate_downsampling (layer_scale=1e-06)", ["torchvision convnext_tiny", "timm convnext_tiny"])]
+             (convnext, ["torchvision convnext_tiny", "timm convnext_tiny", f"{convnext}, 1x1 as conv"])]
     for ours, refs in pairs:
         for layout in layouts:
             if (ours, layout) not in results:
                 continue
             o = results[(ours, layout)]
-            for ref in refs:
+            for ref in [ref for ref in refs if (ref, layout) in results]:
                 r = results[(ref, layout)]
-                ratio = r["wall"] / o["wall"]
                 paired = [b / a for a, b in zip(o["walls"], r["walls"])]  # the same round's two steps
+                ratio = statistics.median(paired)
                 rows.append({
                     "ours": ours, "reference": ref, "layout": layout, "ours img/s": o["img_s"],
                     "reference img/s": r["img_s"], "ratio ours/ref": ratio,
@@ -257,7 +315,7 @@ def _print_comparisons(layouts: list[str], results: dict) -> None:
                     "target >= 1.0": verdict(ratio, 1.0, low=min(paired), high=max(paired)),
                 })
     if rows:
-        print("### endpoint rungs vs reference implementations (ratio of median step times, interleaved; "
+        print(f"### endpoint rungs vs reference implementations (median of {len(paired)} per-round ratios, interleaved; "
               "CPU-time ratio: the same from process CPU seconds, less sensitive to other jobs)\n")
         print_table(rows, ["ours", "reference", "layout", "ours img/s", "reference img/s", "ratio ours/ref",
                            "per-round ratios min-max", "CPU-time ratio", "target >= 1.0"],

@@ -125,6 +125,18 @@ def step_chain(step: str, regime: str | DictConfig = "r50") -> list[str]:
                       f"valid steps: {list_steps(spec, adopted_only=False)}")
 
 
+def regime_of(step: str | None, regime: str | None = None) -> str:
+    """The regime a rung is looked up in: `regime` when given; else r50, or the first other regime
+    that names `step` (`convnext_small`: the family). An unknown step falls to r50, whose error
+    lists its steps."""
+    if regime is not None:
+        return regime
+    for name in ["r50", *(r for r in list_regimes() if r != "r50")]:
+        if step is None or step in list_steps(name, adopted_only=False):
+            return name
+    return "r50"
+
+
 def known_regime(regime: str) -> bool:
     """Whether conf/regime/ configures `regime` (results may name one that is no longer configured)."""
     try:
@@ -245,18 +257,19 @@ def rung_model(step: str | None, regime: str, overrides: Mapping[str, Any] | Non
     return {**fields, **{k: v for k, v in dict(overrides or {}).items() if v is not None}}, f"rung {regime}/{name}"
 
 
-def compose_model(step: str | None = None, regime: str = "r50", overrides: Mapping[str, Any] | None = None,
+def compose_model(step: str | None = None, regime: str | None = None, overrides: Mapping[str, Any] | None = None,
                   deltas: Sequence[str] | None = None) -> dict[str, Any]:
     """The rung's `model` block, resolved: baseline ⊕ deltas (the chain to `step`, or `deltas`) ⊕
     `overrides` (None values skipped), composed from the same files as a run (`ladder.yaml` gives
-    what a run's recipe and data would: 1000 classes, no layer scale or drop path)."""
-    return rung_model(step, regime, overrides, deltas)[0]
+    what a run's recipe and data would: 1000 classes, no layer scale or drop path). `regime=None`:
+    `regime_of(step)`."""
+    return rung_model(step, regime_of(step, regime), overrides, deltas)[0]
 
 
-def compose_arch(step: str | None = None, regime: str = "r50", overrides: Mapping[str, Any] | None = None,
+def compose_arch(step: str | None = None, regime: str | None = None, overrides: Mapping[str, Any] | None = None,
                  deltas: Sequence[str] | None = None) -> ArchConfig:
     """The rung's ArchConfig (`compose_model`'s block); a regime on another factory is refused."""
-    return arch_config(*rung_model(step, regime, overrides, deltas))
+    return arch_config(*rung_model(step, regime_of(step, regime), overrides, deltas))
 
 
 def check_rung(step: str | None = None, regime: str = "r50", deltas: Sequence[str] | None = None) -> None:

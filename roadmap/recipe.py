@@ -89,8 +89,23 @@ def build_optimizer(model: nn.Module, recipe: Mapping[str, Any], lr: float) -> t
     if opt["name"] == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(schema.value(opt, "recipe.optimizer.momentum")),
                                weight_decay=float(opt["weight_decay"]))
-    groups = param_groups(model, float(opt["weight_decay"]), None if normalized is None else float(normalized))
+    layer_decay = schema.value(opt, "recipe.optimizer.layer_decay")
+    if layer_decay is not None:
+        groups = layer_decay_groups(model, float(opt["weight_decay"]), float(layer_decay), lr)
+    else:
+        groups = param_groups(model, float(opt["weight_decay"]), None if normalized is None else float(normalized))
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(opt["betas"]), eps=float(opt["eps"]))
+
+
+def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float, lr: float) -> list[dict[str, Any]]:
+    """timm's layer-decay groups (the model's `group_matcher`: for roadmap's builder the official
+    ConvNeXt grouping), each at lr × its `lr_scale`; no decay on 1-D parameters, as `param_groups`.
+    The schedule multiplies every group's lr alike, so each keeps its scale throughout, as the
+    official code's per-step `lr × lr_scale`."""
+    from timm.optim import param_groups_layer_decay
+
+    groups = param_groups_layer_decay(model, weight_decay, layer_decay=layer_decay)
+    return [{**group, "lr": lr * group["lr_scale"]} for group in groups]
 
 
 @dataclass

@@ -30,6 +30,9 @@ LEGACY: dict[str, Any] = {
     "recipe.init": "trunc_normal",
     "recipe.schedule.name": "warmup_cosine",
     "recipe.optimizer.normalized_weight_decay": None,
+    "recipe.optimizer.layer_decay": None,
+    "init_from": None,
+    "init_from_ema": False,
     "trainer.compile_mode": "default",
     "data.in_memory": "auto",
     "data.cache_dir": None,
@@ -132,7 +135,8 @@ def _keys(*keys: Key) -> dict[str, Key]:
 UNHASHED = "Not in the config hash."
 
 GROUPS = {g.name: g for g in (
-    Group("regime", "`r50`: ResNet-50 → ConvNeXt-T; `r200`: ResNet-200 → ConvNeXt-B; `bag_of_tricks`: timm's "
+    Group("regime", "`r50`: ResNet-50 → ConvNeXt-T; `r200`: ResNet-200 → ConvNeXt-B; `family`: the ConvNeXt "
+          "family, T to XL ([ladders.md](ladders.md#the-convnext-family-regimefamily)); `bag_of_tricks`: timm's "
           "ResNet-50 with the Bag of Tricks tweaks ([ladders.md](ladders.md#a-ladder-on-another-model-factory))."),
     Group("experiment", "Presets of data, recipe, trainer and model:\n"
           "- `imagenette_proxy_v2`: the recalibrated CPU proxy (the authors' init, 30 epochs);\n"
@@ -168,6 +172,13 @@ KEYS: dict[str, Key] = _keys(
         "directories ([runs.md](runs.md#the-run-directory); `$ROADMAP_OUTPUT_DIR`, or `./outputs`). " + UNHASHED, values="a folder", hashed=False),
     Key("output_dir", "The run's directory, made from the keys above ([runs.md](runs.md)). " + UNHASHED,
         values="set by `output_root` and the rung", hashed=False),
+    Key("init_from", "Fine-tuning: the run starts from these weights instead of its init: a run directory (its "
+        "`last.ckpt`), a `last.ckpt`, or a state-dict file (roadmap, timm or torchvision keys; the official "
+        "code's `{\"model\": …}`). A head of another shape is dropped and keeps the rung's own init, scaled "
+        "by `recipe.head_init_scale` ([training.md](training.md#fine-tuning)). result.json records the file "
+        "and its content hash. `null`: the rung's init.", values="`null`, a folder or a file", nullable=True),
+    Key("init_from_ema", "With `init_from`: start from its EMA weights instead of its raw ones.", "choice",
+        choices=(False, True)),
     Key("force", "`true` reruns a completed run, in `<run dir>/rerun/` ([runs.md](runs.md#force-reruns)). "
         + UNHASHED, "choice", choices=(False, True), hashed=False),
     # Data.
@@ -237,6 +248,10 @@ KEYS: dict[str, Key] = _keys(
         "such a weight's scale irrelevant, so its decay only sets its effective learning rate "
         "(`experiment=imagenette_proxy_v4` uses 2.0). `null`: `weight_decay` for every weight. Not with "
         "`recipe.optimizer.name=sgd`.", "number", nullable=True),
+    Key("recipe.optimizer.layer_decay", "Layer-wise lr decay (AdamW): parameter groups by timm's "
+        "`param_groups_layer_decay` over the official ConvNeXt grouping (the stem, each stage, the third "
+        "stage's blocks in threes, the head: [training.md](training.md#fine-tuning)); a layer's lr is "
+        "lr × decay^(L + 1 − layer). `null`: none.", "number", nullable=True, maximum=1),
     Key("recipe.optimizer.momentum", "SGD's momentum (`recipe.optimizer.name=sgd`).", "number", default=0.9),
     Key("recipe.schedule.name", "The per-step learning-rate schedule: `warmup_cosine` (linear warmup, then "
         "cosine) or `step` (× `gamma` at each of `milestones`).", "choice", choices=("warmup_cosine", "step"),
@@ -430,6 +445,9 @@ def check(node: Mapping[str, Any], at: str = "") -> None:
 
 def _check_optimizer(opt: Mapping[str, Any]) -> None:
     decay = opt.get("normalized_weight_decay")
+    if opt.get("layer_decay") is not None and (opt.get("name") == "sgd" or decay is not None):
+        raise ConfigError(f"recipe.optimizer.layer_decay={opt.get('layer_decay')!r} is an AdamW option without "
+                          "normalized_weight_decay: set one of them to null")
     if opt.get("name") == "sgd" and decay is not None:
         raise ConfigError(f"recipe.optimizer.normalized_weight_decay={decay!r} is an AdamW option; "
                           "recipe.optimizer.name=sgd decays every parameter alike: set it to null")

@@ -45,6 +45,7 @@ class Parts:
     params: int
     gmacs: float
     gmacs_224: float
+    init: dict[str, Any] | None = None  # init_from's record (roadmap.finetune.initialize)
 
 
 def build_parts(plan: RunPlan) -> Parts:
@@ -56,6 +57,7 @@ def build_parts(plan: RunPlan) -> Parts:
     cfg = plan.cfg
     seed_everything(int(cfg.seed), workers=True, verbose=False)
     model = build_model(plan)
+    init = initialize_from(cfg, model)
     try:
         counts = complexity(model, int(cfg.data.image_size))
     except RuntimeError as error:  # e.g. a foreign model's last stage has no pixels left
@@ -70,7 +72,19 @@ def build_parts(plan: RunPlan) -> Parts:
     if is_rank_zero():  # other DDP ranks start once rank 0 has checked (and downloaded) the data
         datamodule.prepare_data()
         datamodule.setup("fit")
-    return Parts(model, datamodule, counts["params"], counts["gmacs"], gmacs_224)
+    return Parts(model, datamodule, counts["params"], counts["gmacs"], gmacs_224, init)
+
+
+def initialize_from(cfg: Any, model: torch.nn.Module) -> dict[str, Any] | None:
+    """`init_from`'s weights loaded into the fresh model (a bad source: one line, nothing written)."""
+    if cfg.get("init_from") is None:
+        return None
+    from roadmap.finetune import InitFromError, initialize
+
+    try:
+        return initialize(model, str(cfg.init_from), bool(cfg.get("init_from_ema", False)))
+    except InitFromError as error:
+        raise RunConfigError(str(error)) from error
 
 
 def build_model(plan: RunPlan) -> torch.nn.Module:
@@ -278,6 +292,7 @@ def attempt_fields(plan: RunPlan, parts: Parts, state: RunState) -> dict[str, An
         "gmacs_224": parts.gmacs_224,
         "skipped_images": len(parts.datamodule.skipped_images()),  # unreadable, per data.on_bad_image
         "resumed_from_step": state.loaded_optimizer_step or None,
+        **(parts.init or {"init_from": None}),
     }
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.slurm_cluster import slurm_cluster  # noqa: F401 - the session's one-node SLURM cluster
 
@@ -69,6 +70,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def reference_rows() -> list[dict[str, str]]:
     """../shared/reference/ladder.csv (for parametrizing at collection; tests take `ladder_rows`)."""
     with open(SHARED / "reference" / "ladder.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights and BatchNorm statistics, so equality is not an artefact of the init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+def family_rows() -> list[dict[str, str]]:
+    """../shared/reference/family.csv: the ConvNeXt family's exact counts and the paper's figures."""
+    with open(SHARED / "reference" / "family.csv", newline="") as f:
         return list(csv.DictReader(f))
 
 

@@ -24,7 +24,8 @@ CASES = {
         ["--sizes", "32", "--rungs", "resnet50,kernel_5", "--steps", "1", "--warmup", "0", "--batch", "2", *TINY_MODEL,
          *SMALL_MATMUL],
         ["--quick", "--batch", "2", "--ref-steps", "1", "--warmup", "0", "--formats", "channels_last",
-         "--drop-path", "0.1", "--threads", "0", *SMALL_MATMUL],
+         "--drop-path", "0.1", "--threads", "0", "--width-mult", "0.25", "--op-profile", "3", "--conv-pointwise",
+         *SMALL_MATMUL],
         ["--sizes", "32", "--rungs", "endpoints", "--batch", "2", "--ref-steps", "1", "--no-references", "--warmup", "0",
          *SMALL_MATMUL],
     ],
@@ -42,17 +43,14 @@ CASES = {
          "--gpu-batch", "4", "--data-root", str(DATA)],
     ],
     "shard_formats.py": [["--limit", "20", "--rounds", "1", "--data-root", str(DATA)]],
-    "memory.py": [
-        ["--size", "32", "--batch", "2", "--rungs", "endpoints", "--jobs", "1"],
+    "memory.py": [  # the ConvNeXt end and its three references (resnet50 below, without its reference)
+        ["--size", "32", "--batch", "2", "--rungs", "separate_downsampling", "--jobs", "1"],
         ["--size", "32", "--batch", "2", "--rungs", "resnet50,gelu", "--no-references", "--channels-last", "--rss",
          "--precision", "bf16"],
     ],
-    "proxy_epoch.py": [
-        ["--rungs", "resnet50", "--rounds", "1", "--train-batches", "2", "--profile-images", "4", "--profile-steps", "1",
-         "--data-root", str(DATA / "imagenette2-64-mini")],
+    "proxy_epoch.py": [  # both settings' epochs and the profile in one case (each epoch a process)
         ["--rungs", "patchify_stem", "--rounds", "1", "--train-batches", "1", "--val-batches", "1", "--workers", "0",
-         "--no-profile",
-         "--data-root", str(DATA / "imagenette2-64-mini")],
+         "--profile-images", "4", "--profile-steps", "1", "--data-root", str(DATA / "imagenette2-64-mini")],
     ],
 }
 # torch.compile costs a minute per case on a CPU: the slow set (tests/README.md; in the default set,

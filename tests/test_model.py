@@ -10,7 +10,7 @@ import torchvision
 import roadmap
 from roadmap import ArchConfig, ArchConfigError, LadderError
 from roadmap.model.layers import LayerNorm2d
-from tests.conftest import reference_rows
+from tests.conftest import randomize, reference_rows
 
 def _built_rows() -> list[dict[str, str]]:
     return [r for r in reference_rows() if r["adopted"] in ("yes", "no")]
@@ -43,20 +43,6 @@ def test_layer_scale_gives_convnext_tiny_and_base() -> None:
     assert roadmap.complexity(base)["params"] == 88_591_464
 
 
-def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random weights and BatchNorm statistics, so equality is not an artefact of the init."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-            elif name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
-    return model.eval()
-
-
 @pytest.mark.parametrize(
     ("reference", "step", "regime", "overrides"),
     [
@@ -73,7 +59,7 @@ def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 )
 def test_endpoint_rungs_equal_reference_implementations(reference, step, regime, overrides) -> None:
     torch.manual_seed(0)
-    ref = _randomize(reference())
+    ref = randomize(reference())
     ours = roadmap.build_model(step, regime=regime, **overrides).eval()
     ours.load_state_dict(roadmap.convert_state_dict(ref.state_dict(), step, regime, **overrides), strict=True)
     x = torch.randn(2, 3, 160, 160)
@@ -142,10 +128,12 @@ def test_width_multiplier_scales_every_stage() -> None:
 def test_unknown_step_and_regime_list_valid_names() -> None:
     with pytest.raises(LadderError, match=r"step='patchify'.*valid steps: \['resnet50'"):
         roadmap.build_model("patchify")
-    with pytest.raises(LadderError, match=r"regime='r101'.*\['bag_of_tricks', 'r200', 'r50'\]"):
+    with pytest.raises(LadderError, match=r"regime='r101'.*\['bag_of_tricks', 'family', 'r200', 'r50'\]"):
         roadmap.build_model("resnet50", regime="r101")
     with pytest.raises(LadderError, match="width_128"):
-        roadmap.build_model("width_128")  # an r200-only step
+        roadmap.build_model("width_128", regime="r50")  # an r200-only step
+    with torch.device("meta"):  # without a regime: the one that names the step
+        assert roadmap.build_model("width_128").cfg.width == 128
     with pytest.raises(LadderError, match=r"unknown builder field\(s\) \['kernal_size'\]; valid fields"):
         roadmap.build_model("gelu", kernal_size=5)
 

@@ -15,7 +15,7 @@ import torch
 
 from roadmap.results import RESULT_FIELDS
 from roadmap.run import execute
-from tests.conftest import SMOKE
+from tests.conftest import SMOKE, TINY
 from tests.test_recipe import compose_run
 
 
@@ -57,6 +57,22 @@ def test_smoke_run_records_every_field(smoke_run) -> None:
     assert (run_dir / "last.ckpt").is_file() and (run_dir / "config.yaml").is_file()
     epochs = (run_dir / "metrics.csv").read_text().strip().splitlines()
     assert len(epochs) == 1 + 2  # header + one row per epoch
+
+
+def test_a_fine_tune_from_a_run_directory_records_its_source(smoke_run, tmp_path: Path) -> None:
+    """init_from=<run dir> with its EMA weights: the fine-tune trains and result.json names the source
+    (the head swap and the other sources: tests/test_finetune.py); a bad source is one line, exit 2."""
+    out, _ = smoke_run
+    source = out / "smoke" / "r50" / "patchify_stem" / "seed0"
+    args = ["step=patchify_stem", *SMOKE, *TINY, "experiment_name=finetune", f"init_from={source}", "init_from_ema=true",
+            "recipe.optimizer.layer_decay=0.8"]
+    proc = run_cli(args, tmp_path, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = result_of(tmp_path, "patchify_stem", experiment="finetune")
+    assert result["init_from"] == str((source / "last.ckpt").resolve()) and len(result["init_from_sha256"]) == 16
+    assert result["init_from_weights"] == "ema" and result["head_reinitialized"] is False
+    bad = run_cli(["step=patchify_stem", *SMOKE, *TINY, f"init_from={tmp_path / 'missing.ckpt'}"], tmp_path, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "missing.ckpt: no such file" in bad.stderr
 
 
 def test_epochs_without_validation_have_empty_val_columns(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -73,11 +73,13 @@ def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: Rules) -> dict[st
     return renamed
 
 
-def map_onto_model(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+def map_onto_model(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
+                   drop: Sequence[str] = ()) -> dict[str, torch.Tensor]:
     """Rename a torchvision/timm state dict to `model`'s keys and shapes (Linear → 1x1 conv).
 
     Layer scale is folded into the last 1x1 conv when the rung has none (γ(Wx + b) = γW x + γb),
-    so released ConvNeXt weights load exactly into the endpoint rung without layer scale.
+    so released ConvNeXt weights load exactly into the endpoint rung without layer scale. Keys in
+    `drop` (a head) that are absent or of another shape are left out: the model keeps its own.
     """
     source = detect_format(state_dict)
     converted = rename_keys(state_dict, FORMATS[source][1])
@@ -91,14 +93,20 @@ def map_onto_model(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> 
         if key in target and value.shape != target[key].shape and value.numel() == target[key].numel():
             converted[key] = value.reshape(target[key].shape)
 
-    missing = sorted(set(target) - set(converted))
+    for key in drop:
+        if key in converted and key in target and converted[key].shape != target[key].shape:
+            del converted[key]
+    missing = sorted(set(target) - set(converted) - set(drop))
     unexpected = sorted(set(converted) - set(target))
     mismatched = sorted(k for k in set(target) & set(converted) if converted[k].shape != target[k].shape)
     if missing or unexpected or mismatched:
+        first = (f"first mismatched key {mismatched[0]}: {list(converted[mismatched[0]].shape)} in the weights, "
+                 f"{list(target[mismatched[0]].shape)} in the model; " if mismatched else "")
         raise ConversionError(
-            f"{source} weights do not fit this rung: missing {missing[:5]} ({len(missing)}), "
+            f"{source} weights do not fit this rung: {first}missing {missing[:5]} ({len(missing)}), "
             f"unexpected {unexpected[:5]} ({len(unexpected)}), shape mismatch {mismatched[:5]} "
-            f"({len(mismatched)}). ResNet weights fit rung resnet50 (r50); ConvNeXt-T/B weights fit "
-            f"separate_downsampling (r50/r200), with num_classes matching the checkpoint."
+            f"({len(mismatched)}). ResNet weights fit rung resnet50 (r50); ConvNeXt weights fit "
+            f"the family's rungs convnext_tiny … convnext_xlarge (T and B also separate_downsampling of r50 / "
+            f"r200), with num_classes matching the checkpoint."
         )
     return converted

@@ -113,13 +113,19 @@ class Block(nn.Module):
         self.shortcut = Shortcut(in_channels, out, stride, cfg.norm) if needs_projection else nn.Identity()
         self.gamma = nn.Parameter(torch.full((out,), cfg.layer_scale)) if cfg.layer_scale > 0 else None
         self.drop_path = StochasticDepth(drop_path, "row")
+        # With one norm per block (after the top depthwise conv), all that follows up to the residual add
+        # is per pixel: run it on the channels-last view with the 1x1 convs as Linear layers, as
+        # torchvision's and timm's ConvNeXt blocks do (one GEMM each, no layout conversions).
+        self.pointwise_as_linear = cfg.fewer_norms
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
         y = self.act1(self.norm1(self.conv1(x)))
-        y = self.act2(self.norm2(self.conv2(y)))
-        y = self.norm3(self.conv3(y))
-        if self.gamma is not None:
+        if self.pointwise_as_linear:
+            y = self._mlp_channels_last(y)
+        else:
+            y = self.norm3(self.conv3(self.act2(self.norm2(self.conv2(y)))))
+        if self.gamma is not None:  # on the NCHW view, as torchvision's: fewer layout copies in backward
             y = y * self.gamma.view(1, -1, 1, 1)
         # In place on the residual branch (no backward needs its value), as torchvision's and timm's
         # blocks add: no new activation-sized tensor, and the sum keeps the branch's memory layout
@@ -127,6 +133,14 @@ class Block(nn.Module):
         y = self.drop_path(y)
         y += shortcut
         return self.act_out(y)
+
+    def _mlp_channels_last(self, y: torch.Tensor) -> torch.Tensor:
+        """conv2 → act2 → conv3 (norm2, norm3 are Identity) on the NHWC view: the same function as the
+        NCHW path. The 1x1 convs keep their weights, so checkpoints, inits and conversions are
+        unchanged; they run as `F.linear` on them."""
+        y = F.linear(y.permute(0, 2, 3, 1), self.conv2.weight.flatten(1), self.conv2.bias)
+        y = F.linear(self.act2(y), self.conv3.weight.flatten(1), self.conv3.bias)
+        return y.permute(0, 3, 1, 2)
 
 
 class Downsample(nn.Sequential):

@@ -1,6 +1,7 @@
 """`RoadmapNet`: stem → 4 stages → head, built from one `ArchConfig`."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,6 +46,13 @@ class RoadmapNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
+
+    def group_matcher(self, coarse: bool = False) -> Callable[[str], int]:
+        """timm's hook for layer-wise lr decay (`param_groups_layer_decay`): a parameter's name → its
+        layer, the official ConvNeXt grouping (`roadmap.finetune.layer_id`) on any rung."""
+        from roadmap.finetune import group_matcher
+
+        return group_matcher(self.cfg.depths)
 
 
 def init_weights(model: RoadmapNet, init: str, head_init_scale: float = 1.0) -> None:
