@@ -26,8 +26,6 @@ CASES = {
         ["--quick", "--batch", "2", "--ref-steps", "1", "--warmup", "0", "--formats", "channels_last",
          "--drop-path", "0.1", "--threads", "0", "--width-mult", "0.25", "--op-profile", "3", "--conv-pointwise",
          *SMALL_MATMUL],
-        ["--sizes", "32", "--rungs", "endpoints", "--batch", "2", "--ref-steps", "1", "--no-references", "--warmup", "0",
-         *SMALL_MATMUL],
     ],
     "loop_overhead.py": [
         ["--recipe", "paper", "--size", "32", "--batch", "8", "--steps", "2", "--trials", "1"],
@@ -43,8 +41,7 @@ CASES = {
          "--gpu-batch", "4", "--data-root", str(DATA)],
     ],
     "shard_formats.py": [["--limit", "20", "--rounds", "1", "--data-root", str(DATA)]],
-    "memory.py": [  # the ConvNeXt end and its three references (resnet50 below, without its reference)
-        ["--size", "32", "--batch", "2", "--rungs", "separate_downsampling", "--jobs", "1"],
+    "memory.py": [
         ["--size", "32", "--batch", "2", "--rungs", "resnet50,gelu", "--no-references", "--channels-last", "--rss",
          "--precision", "bf16"],
     ],
@@ -56,10 +53,15 @@ CASES = {
 # torch.compile costs a minute per case on a CPU: the slow set (tests/README.md; in the default set,
 # test_run.py::test_compile_mode_reaches_torch_compile_out_of_the_hash). train_step's --precision bf16 is in the GPU cases only:
 # on a CPU without bf16 units its 2048^2 bf16 matmul yardstick alone takes minutes.
-SLOW_CASES = {  # one compiled case per script (each costs a minute or two of compiling on a CPU)
+SLOW_CASES = {  # one compiled case per script (each costs a minute or two of compiling on a CPU); and two
+    # cases the default set covers otherwise: memory.py's references (its workers and table: the case in CASES;
+    # the reference models: train_step's --quick case), train_step's endpoints without references (its --quick case)
     "train_step.py": [["--sizes", "32", "--rungs", "resnet50", "--steps", "1", "--batch", "2", "--compile",
                        "--compile-mode", "reduce-overhead", "--formats", "contiguous", *TINY_MODEL,
-                       *SMALL_MATMUL]],
+                       *SMALL_MATMUL],
+                      ["--sizes", "32", "--rungs", "endpoints", "--batch", "2", "--ref-steps", "1", "--no-references",
+                       "--warmup", "0", *SMALL_MATMUL]],
+    "memory.py": [["--size", "32", "--batch", "2", "--rungs", "separate_downsampling", "--jobs", "1"]],
     # CUDA graphs (skipped by torch.compile for CPU tensors), the graph steps marked
     "loop_overhead.py": [["--rung", "resnet50", "--size", "32", "--batch", "4", "--steps", "2", "--trials", "1",
                           "--compile", "--compile-mode", "reduce-overhead", *TINY_MODEL]],
