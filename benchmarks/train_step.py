@@ -72,9 +72,10 @@ def roadmap_entry(step: str, drop_path: float, arch: dict, conv_pointwise: bool 
 
     def build() -> nn.Module:
         model = roadmap.build_model(step, drop_path=drop_path if step != "resnet50" else 0.0, **arch, **overrides)
-        for module in model.modules():
-            if hasattr(module, "pointwise_as_linear") and conv_pointwise:
-                module.pointwise_as_linear = False
+        if conv_pointwise:
+            for module in model.modules():
+                if hasattr(module, "pointwise_as_linear"):
+                    module.pointwise_as_linear = False
         return model
 
     return Entry(step, f"roadmap {step}{suffix}", "roadmap", build, step)

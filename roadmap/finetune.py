@@ -105,13 +105,12 @@ def initialize(model: nn.Module, init_from: str, ema: bool = False) -> dict[str,
     records of the source."""
     path = checkpoint_file(init_from)
     weights = source_weights(path, ema)
-    target = model.state_dict()
     try:
         converted = map_onto_model(weights, model, drop=HEAD_KEYS)
     except ConversionError as error:
         raise InitFromError(f"init_from={path}: {error}") from error
     model.load_state_dict(converted, strict=False)
-    kept_head = all(k in converted for k in HEAD_KEYS if k in target)
+    kept_head = all(k in converted for k in HEAD_KEYS)
     return {
         "init_from": str(path.resolve()),
         "init_from_sha256": content_hash(path),
