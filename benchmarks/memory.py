@@ -5,6 +5,7 @@ the reference implementations, each in a fresh subprocess.
     python benchmarks/memory.py --quick          # 64 px, batch 64
     python benchmarks/memory.py --rungs endpoints --channels-last --rss
     python benchmarks/memory.py --device cuda --precision bf16
+    python benchmarks/memory.py --rungs convnext_small,convnext_base --size 224 --batch 8   # the family vs timm/torchvision
 
 How (CPU): each model runs in its own `python benchmarks/memory.py --worker …` process (--jobs of
 them at a time; what one measures is its own tensors, whatever runs beside it). It builds
@@ -48,16 +49,32 @@ from roadmap.recipe import param_groups  # noqa: E402
 MB = 2**20
 
 
-def models(rungs: list[str], references: bool) -> list[dict]:
-    """Worker specs: our rungs, then the reference implementations beside the endpoints."""
-    specs = [{"impl": "roadmap", "name": step, "overrides": {}} for step in rungs]
+FAMILY = roadmap.list_steps("family")  # convnext_tiny … convnext_xlarge: built with drop path 0, as the references
+TORCHVISION_CONVNEXTS = ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
+
+
+def models(rungs: list[str], references: bool) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Worker specs: our rungs, then the reference implementations beside the endpoints and the family's
+    models; and the (ours, reference) label pairs to compare."""
+    specs = [{"impl": "roadmap", "name": step, "overrides": {"drop_path": 0.0} if step in FAMILY else {}}
+             for step in rungs]
+    compared: list[tuple[dict, str]] = []  # (our spec, the reference model's name)
     if references and "resnet50" in rungs:
-        specs.append({"impl": "torchvision", "name": "resnet50", "compare": "resnet50"})
+        compared.append((specs[rungs.index("resnet50")], "resnet50"))
     if references and "separate_downsampling" in rungs:
         specs.append({"impl": "roadmap", "name": "separate_downsampling", "overrides": {"layer_scale": 1e-6}})
-        specs.append({"impl": "torchvision", "name": "convnext_tiny"})
-        specs.append({"impl": "timm", "name": "convnext_tiny"})
-    return specs
+        compared.append((specs[-1], "convnext_tiny"))
+    if references:
+        compared += [(specs[rungs.index(step)], step) for step in rungs if step in FAMILY]
+    pairs = []
+    for ours, name in compared:
+        impls = ["torchvision"] * (name == "resnet50" or name in TORCHVISION_CONVNEXTS) + ["timm"] * name.startswith("convnext")
+        for impl in impls:
+            reference = {"impl": impl, "name": name}
+            if reference not in specs:
+                specs.append(reference)
+            pairs.append((label(ours), label(reference)))
+    return specs, pairs
 
 
 def build(spec: dict) -> torch.nn.Module:
@@ -147,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="64 px, batch 64")
-    parser.add_argument("--rungs", default="all", help="'all' adopted r50 rungs, 'endpoints', or a list")
+    parser.add_argument("--rungs", default="all", help="'all' adopted r50 rungs, 'endpoints', 'family' "
+                        "(convnext_tiny … convnext_xlarge), or a list of rungs and family models")
     parser.add_argument("--no-references", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--rss", action="store_true", help="also the resident-set growth (see above; slower)")
@@ -162,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(json.loads(args.worker), args)))
         return 0
 
-    rungs = {"all": roadmap.list_steps("r50"), "endpoints": ["resnet50", "separate_downsampling"]}.get(args.rungs)
+    rungs = {"all": roadmap.list_steps("r50"), "endpoints": ["resnet50", "separate_downsampling"],
+             "family": FAMILY}.get(args.rungs)
     rungs = rungs or csv_list(args.rungs)
     device = setup_device(args)
     print_header(f"peak memory of one train step, {args.size} px, batch {args.batch}, "
@@ -181,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec), *passthrough],
                               capture_output=True, text=True, env=env)
 
-    specs = models(rungs, not args.no_references)
+    specs, pairs = models(rungs, not args.no_references)
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # workers side by side: memory is per process
         procs = list(pool.map(run, specs))
     failed = 0
@@ -203,14 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, columns + ["step s"],
                 {"params (M)": 3, "resident MiB": 0, "step peak MiB": 0, "peak MiB": 0, "RSS growth MiB": 0, "step s": 1})
 
-    pairs = [("roadmap resnet50", "torchvision resnet50"),
-             ("roadmap separate_downsampling (layer_scale=1e-06)", "torchvision convnext_tiny"),
-             ("roadmap separate_downsampling (layer_scale=1e-06)", "timm convnext_tiny")]
     cmp = [{"ours": o, "reference": r, "peak ours/ref": by_label[o]["peak"] / by_label[r]["peak"],
             "step peak ours/ref": by_label[o]["step_peak"] / by_label[r]["step_peak"]}
            for o, r in pairs if o in by_label and r in by_label]
     if cmp:
-        print("### endpoint rungs vs references (lower is better)\n")
+        print("### our models vs references (lower is better)\n")
         print_table(cmp, ["ours", "reference", "peak ours/ref", "step peak ours/ref"],
                     {"peak ours/ref": 3, "step peak ours/ref": 3})
     print(f"# total {time.perf_counter() - start:.0f} s")

@@ -5,6 +5,8 @@ of the endpoint rungs beside their reference implementations, as ratios measured
     python benchmarks/train_step.py --quick              # endpoints vs references, 64 px, full and quarter width
     python benchmarks/train_step.py --sizes 224 --rungs endpoints   # the endpoints at 224 px / batch 32
     python benchmarks/train_step.py --sizes 64,224       # everything (long on a CPU: ~16 s a step at 224 px)
+    python benchmarks/train_step.py --sizes 224 --batch 8 --rungs convnext_small,convnext_base --formats channels_last
+                                                         # the family's models vs timm and torchvision
     python benchmarks/train_step.py --device cuda --precision bf16 --compile   # on a GPU
     python benchmarks/train_step.py --device cuda --precision bf16 --compile --compile-mode reduce-overhead  # + CUDA graphs
 
@@ -16,6 +18,9 @@ after one untimed warm-up step each), in contiguous and channels_last layouts:
   beside torchvision `convnext_tiny` and timm `convnext_tiny`. At `--width-mult` w != 1 the references
   get the same stage widths (torchvision's `ConvNeXt` with its `block_setting`, timm's with `dims`),
   so the CPU proxy's quarter-width ConvNeXt has its comparison too (ResNet-50 has none below width 1).
+- a model of the ConvNeXt family (`--rungs convnext_small,…` or `family`: regime=family, released
+  layer scale and init) beside timm's model of the same name and torchvision's (T/S/B/L), with the
+  same stage widths at `--width-mult`.
 - every other rung on its own (its two layouts interleaved).
 
 Each comparison reports the median of the per-round ratios (reference step time / ours, the same
@@ -54,6 +59,8 @@ from roadmap.plan import CUDA_GRAPH_MODES  # noqa: E402
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 DEFAULT_BATCH = {224: 32, 64: 64}
 ENDPOINTS = ("resnet50", "separate_downsampling")
+FAMILY = roadmap.list_steps("family")  # convnext_tiny … convnext_xlarge
+TORCHVISION_CONVNEXTS = ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
 
 
 @dataclass
@@ -81,21 +88,24 @@ def roadmap_entry(step: str, drop_path: float, arch: dict, conv_pointwise: bool 
     return Entry(step, f"roadmap {step}{suffix}", "roadmap", build, step)
 
 
-def convnext_references(drop_path: float, num_classes: int, width_mult: float) -> list[Entry]:
-    """torchvision's and timm's ConvNeXt-T, with the stage widths of our rung at `width_mult`."""
+def convnext_references(step: str, name: str, drop_path: float, num_classes: int, width_mult: float) -> list[Entry]:
+    """timm's ConvNeXt `name` and torchvision's (T/S/B/L; any depths and widths through its `block_setting`),
+    with the depths and stage widths of our rung `step` at `width_mult`."""
     import timm
     from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 
-    dims = roadmap.compose_arch("separate_downsampling", overrides={"width_mult": width_mult}).stage_widths()
-    depths = (3, 3, 9, 3)
+    arch = roadmap.compose_arch(step, overrides={"width_mult": width_mult})
+    dims, depths = arch.stage_widths(), arch.depths
     settings = [CNBlockConfig(d, dims[i + 1] if i + 1 < len(dims) else None, n)
                 for i, (d, n) in enumerate(zip(dims, depths))]
-    return [
-        Entry("convnext_tiny", "torchvision convnext_tiny", "torchvision",
-              lambda: ConvNeXt(settings, stochastic_depth_prob=drop_path, num_classes=num_classes)),
-        Entry("convnext_tiny", "timm convnext_tiny", "timm",
-              lambda: timm.create_model("convnext_tiny", dims=dims, drop_path_rate=drop_path, num_classes=num_classes)),
+    references = [
+        Entry(name, f"timm {name}", "timm",
+              lambda: timm.create_model(name, dims=dims, depths=depths, drop_path_rate=drop_path, num_classes=num_classes)),
     ]
+    if name in TORCHVISION_CONVNEXTS:
+        references.insert(0, Entry(name, f"torchvision {name}", "torchvision",
+                                   lambda: ConvNeXt(settings, stochastic_depth_prob=drop_path, num_classes=num_classes)))
+    return references
 
 
 def groups_for(rungs: list[str], drop_path: float, references: bool, arch: dict,
@@ -105,6 +115,8 @@ def groups_for(rungs: list[str], drop_path: float, references: bool, arch: dict,
     groups: list[tuple[str, list[Entry]]] = []
     for step in rungs:
         entries = [roadmap_entry(step, drop_path, arch)]
+        if step in FAMILY and references:
+            entries += convnext_references(step, step, drop_path, arch["num_classes"], arch["width_mult"])
         if step == "resnet50" and references and arch["width_mult"] == 1.0:
             entries.append(Entry(step, "torchvision resnet50", "torchvision",
                                  lambda: torchvision.models.resnet50(num_classes=arch["num_classes"])))
@@ -113,7 +125,9 @@ def groups_for(rungs: list[str], drop_path: float, references: bool, arch: dict,
         ours = [roadmap_entry("separate_downsampling", drop_path, arch, layer_scale=1e-6)]
         if conv_pointwise:
             ours.append(roadmap_entry("separate_downsampling", drop_path, arch, True, layer_scale=1e-6))
-        groups.append(("convnext_tiny", [*ours, *convnext_references(drop_path, arch["num_classes"], arch["width_mult"])]))
+        references_t = convnext_references("separate_downsampling", "convnext_tiny", drop_path, arch["num_classes"],
+                                           arch["width_mult"])
+        groups.append(("convnext_tiny", [*ours, *references_t]))
     return groups
 
 
@@ -147,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="64", help="image sizes, comma-separated (default 64; 224 is slow on CPU)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: 32 at 224 px, 64 at 64 px)")
     parser.add_argument("--rungs", default="all",
-                        help="'all' adopted r50 rungs, 'endpoints' (resnet50, separate_downsampling), or a list")
+                        help="'all' adopted r50 rungs, 'endpoints' (resnet50, separate_downsampling), 'family' "
+                        "(convnext_tiny … convnext_xlarge), or a list of rungs and family models")
     parser.add_argument("--formats", default="contiguous,channels_last", help="memory layouts to measure")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per model for a rung without reference")
     parser.add_argument("--ref-steps", type=int, default=None,
@@ -180,13 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     all_rungs = roadmap.list_steps("r50")
     if args.rungs == "all":
         rungs = all_rungs
-    elif args.rungs == "endpoints":
-        rungs = list(ENDPOINTS)
+    elif args.rungs in ("endpoints", "family"):
+        rungs = list(ENDPOINTS if args.rungs == "endpoints" else FAMILY)
     else:
         rungs = csv_list(args.rungs)
-        unknown = sorted(set(rungs) - set(roadmap.list_steps("r50", adopted_only=False)))
+        unknown = sorted(set(rungs) - set(roadmap.list_steps("r50", adopted_only=False)) - set(FAMILY))
         if unknown:
-            parser.error(f"--rungs: unknown {unknown}; valid: {all_rungs}")
+            parser.error(f"--rungs: unknown {unknown}; valid: {all_rungs + FAMILY}")
     layouts = csv_list(args.formats)
     for layout in layouts:
         if layout not in FORMATS:
@@ -212,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"GFLOP/s (median, interleaved with the steps)\n")
             _print_ladder(rungs, layouts, results, matmul_gflops)
             if not args.no_references:
-                _print_comparisons(layouts, results)
+                _print_comparisons(groups, layouts, results)
     print(f"# total {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -294,11 +309,10 @@ def _print_ladder(rungs: list[str], layouts: list[str], results: dict, matmul_gf
     print_table(rows, columns, {"GMACs": 3, "best % of matmul": 0})
 
 
-def _print_comparisons(layouts: list[str], results: dict) -> None:
+def _print_comparisons(groups: list[tuple[str, list[Entry]]], layouts: list[str], results: dict) -> None:
+    """Each comparison group's first model (ours) against each of the others."""
     rows = []
-    convnext = "roadmap separate_downsampling (layer_scale=1e-06)"
-    pairs = [("roadmap resnet50", ["torchvision resnet50"]),
-             (convnext, ["torchvision convnext_tiny", "timm convnext_tiny", f"{convnext}, 1x1 as conv"])]
+    pairs = [(entries[0].label, [e.label for e in entries[1:]]) for _, entries in groups if len(entries) > 1]
     for ours, refs in pairs:
         for layout in layouts:
             if (ours, layout) not in results:
@@ -316,7 +330,7 @@ def _print_comparisons(layouts: list[str], results: dict) -> None:
                     "target >= 1.0": verdict(ratio, 1.0, low=min(paired), high=max(paired)),
                 })
     if rows:
-        print(f"### endpoint rungs vs reference implementations (median of {len(paired)} per-round ratios, interleaved; "
+        print(f"### our models vs reference implementations (median of {len(paired)} per-round ratios, interleaved; "
               "CPU-time ratio: the same from process CPU seconds, less sensitive to other jobs)\n")
         print_table(rows, ["ours", "reference", "layout", "ours img/s", "reference img/s", "ratio ours/ref",
                            "per-round ratios min-max", "CPU-time ratio", "target >= 1.0"],

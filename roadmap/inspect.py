@@ -1,5 +1,6 @@
 """`python -m roadmap.inspect [regime=r200] [model.width_mult=0.5 image_size=64]`: one table of
-every rung (params, GMACs, the paper's GFLOPs and top-1, what the step changed).
+every rung (params, GMACs, the paper's GFLOPs and top-1, what the step changed); `regime=family`:
+the family table (params with the 1K and 22K heads, GMACs at 224 and 384 px, the paper's top-1).
 `python -m roadmap.inspect step=gelu [experiment=…]` (or `deltas=[…]`): that rung's resolved run
 config, composed with its deltas as `roadmap.run` composes it (`--cfg job` shows it unresolved)."""
 from __future__ import annotations
@@ -14,11 +15,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from roadmap import build_model
 from roadmap.reference import paper_table
 from roadmap.ladder import LadderError, changed_fields, conf_dir, list_steps, rung_argv
-from roadmap.model.complexity import complexity
+from roadmap.model.complexity import complexity, count_params
 from roadmap.model.factory import FactoryError
 
 
 CHANGE_WIDTH = 60  # a table cell; `inspect step=…` shows the whole config
+IMAGENET_22K_CLASSES = 21841
+# The family table's paper columns (../shared/reference/family.csv's names): `paper_figures`' columns.
+FAMILY_TOP1 = {"top1_1k_224": "paper_top1", "top1_1k_384": "paper_top1_384",
+               "top1_22k_224": "paper_top1_22k", "top1_22k_384": "paper_top1_22k_384"}
 
 
 def describe_change(step: str, regime: str, baseline: str) -> str:
@@ -73,6 +78,48 @@ def complexity_table(regime: str, overrides: dict | None = None, image_size: int
     return pd.DataFrame(rows)
 
 
+def family_table(regime: str, overrides: dict | None = None) -> pd.DataFrame:
+    """Per model (adopted rung): model, depths, dims, params_1k and params_22k (1000- and 21,841-class
+    heads), gmacs_224 and gmacs_384 (1000 classes), and the paper's top-1 (FAMILY_TOP1)."""
+    import torch
+
+    from roadmap.analysis.tables import paper_figures
+
+    paper = paper_figures(regime).set_index("step")
+    rows = []
+    for step in list_steps(regime):
+        with torch.device("meta"):  # counts need shapes only
+            model = build_model(step, regime, **(overrides or {}))
+            head_22k = build_model(step, regime, **{**(overrides or {}), "num_classes": IMAGENET_22K_CLASSES})
+        at_224, at_384 = complexity(model, 224), complexity(model, 384)
+        rows.append(
+            {
+                "model": step,
+                "depths": "-".join(map(str, model.cfg.depths)),
+                "dims": "-".join(map(str, model.cfg.stage_widths())),
+                "params_1k": at_224["params"],
+                "params_22k": count_params(head_22k),
+                "gmacs_224": round(at_224["gmacs"], 4),
+                "gmacs_384": round(at_384["gmacs"], 4),
+                **{column: paper.at[step, given] for column, given in FAMILY_TOP1.items()},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def table_report(regime: str, overrides: dict | None = None, image_size: int = 224, all_steps: bool = True) -> str:
+    """What `python -m roadmap.inspect [regime=…]` prints: a header line, then the regime's table
+    (`complexity_table`; the family's: `family_table`, at 224 and 384 px whatever `image_size`)."""
+    from roadmap.analysis.tables import FAMILY_REGIME  # here: the analysis package imports matplotlib and scipy
+
+    if regime == FAMILY_REGIME:
+        header = (f"regime {regime}: params with 1000- and {IMAGENET_22K_CLASSES}-class heads; GMACs at 224 and 384px, "
+                  "1000 classes; top1_*: the paper's ImageNet-1K top-1, trained on 1K or pre-trained on 22K")
+        return f"{header}\n{table_text(family_table(regime, overrides))}"
+    header = f"regime {regime}: GMACs at {image_size}px, 1000 classes; paper numbers: ImageNet-1K 224px"
+    return f"{header}\n{table_text(complexity_table(regime, overrides, image_size, all_steps))}"
+
+
 @hydra.main(config_path=str(conf_dir()), config_name="inspect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from roadmap.plan import RunConfigError, plan_run
@@ -81,9 +128,7 @@ def main(cfg: DictConfig) -> None:
         if cfg.step is None and cfg.deltas is None:
             given = [o.split("=", 1)[0].lstrip("+") for o in HydraConfig.get().overrides.task]
             overrides = {k.removeprefix("model."): OmegaConf.select(cfg, k) for k in given if k.startswith("model.")}
-            table = complexity_table(cfg.regime.name, overrides, int(cfg.image_size), bool(cfg.all_steps))
-            print(f"regime {cfg.regime.name}: GMACs at {cfg.image_size}px, 1000 classes; paper numbers: ImageNet-1K 224px")
-            print(table_text(table))
+            print(table_report(cfg.regime.name, overrides, int(cfg.image_size), bool(cfg.all_steps)))
         else:
             with open_dict(cfg):  # inspect's own keys are not part of the run's config (or its hash)
                 del cfg.image_size, cfg.all_steps

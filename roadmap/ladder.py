@@ -31,6 +31,23 @@ from roadmap.model.config import ArchConfig, ArchConfigError
 from roadmap import rundir  # noqa: F401 - registers the run_dir / experiment_dir resolvers the configs use
 
 
+def per_model(step: str, values: Mapping[str, Any], *default: Any, _node_: Any = None) -> Any:
+    """The `${per_model:${step},{convnext_tiny: 0.1, …}[,default]}` resolver: a recipe value that depends
+    on the model (the family recipes' drop path), the one for rung `step`, else `default`; a rung with
+    neither is one line naming the key, the step and the models it has values for."""
+    if step in values:
+        return values[step]
+    if default:
+        return default[0]
+    key = _node_._get_full_key(None) if _node_ is not None else "the value"
+    raise schema.ConfigError(f"{key} has a value per model ({', '.join(values)}), none for step={step}: "
+                             f"set {key}=<value> on the command line")
+
+
+if not OmegaConf.has_resolver("per_model"):
+    OmegaConf.register_new_resolver("per_model", per_model)
+
+
 class LadderError(ValueError):
     """An unknown regime, step or delta, or a bad builder field or override."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from roadmap import schema
 from roadmap.ladder import LadderError, arch_config
@@ -92,9 +92,13 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     """Resolve and check a run's config (composed with its deltas: `ladder.compose_run`, or
     `roadmap.run`'s command line) without touching the disk."""
     try:
-        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    except InterpolationResolutionError as error:  # a name the run directory refuses: its one line
-        refused = _cause(error, RunDirError)
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    except MissingMandatoryValue as error:  # `???`: a preset that leaves a key to the command line
+        key = error.full_key
+        meaning = f": {schema.KEYS[key].doc}" if key in schema.KEYS else ""
+        raise RunConfigError(f"{key} must be given on the command line here ({key}=…){meaning}") from None
+    except InterpolationResolutionError as error:  # a name the run directory refuses, a per-model value: one line
+        refused = _cause(error, RunDirError) or _cause(error, schema.ConfigError)
         if refused is None:
             raise
         raise RunConfigError(str(refused)) from None
@@ -104,6 +108,9 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         schema.check(cfg)
     except schema.ConfigError as error:
         raise RunConfigError(str(error)) from None
+    if schema.value(cfg.recipe, "recipe.fine_tune") and cfg.get("init_from") is None:
+        raise RunConfigError(f"recipe={cfg.recipe.name} fine-tunes: give the weights it starts from, init_from=<a run "
+                             "directory, its last.ckpt or a state-dict file>")
     _resolve_auto_batch(cfg)
     arch = _check_model(cfg)
     devices, nodes = int(trainer.devices), int(trainer.num_nodes)

@@ -54,6 +54,8 @@ class Rung:
 def _override_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(str(v) for v in value) + "]"
+    if isinstance(value, str) and "," in value:  # a resolver's arguments: quoted, or Hydra reads a sweep
+        return "'" + value.replace("'", "\\'") + "'"
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 

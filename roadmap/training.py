@@ -209,8 +209,8 @@ def startup_lines(plan: RunPlan, parts: Parts, action: str) -> list[str]:
         f"device: {cfg.trainer.accelerator} x {plan.devices} x {cfg.trainer.num_nodes} node(s), precision "
         f"{cfg.trainer.precision}; batch {cfg.trainer.per_device_batch} per device x {plan.accumulate} accumulated "
         f"= {cfg.recipe.global_batch}",
-        f"data: {cfg.data.name} at {cfg.data.image_size} px, {len(data.train_set)} train / {len(data.val_set)} val "
-        f"images, from {cfg.data.root}",
+        f"data: {cfg.data.name} at {cfg.data.image_size} px, {len(data.train_set)} train / "
+        f"{'no (no validation)' if data.val_set is None else len(data.val_set)} val images, from {cfg.data.root}",
     ]
 
 
@@ -243,7 +243,8 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
     state.commit(trainer)
     final: dict[str, Any] = {}
     trained = trainer.global_step != (state.loaded_optimizer_step or 0)
-    if not trained or int(cfg.recipe.epochs) % int(cfg.trainer.check_val_every_n_epoch):
+    validates = parts.datamodule.val_set is not None  # None: no val split (imagenet22k without data.held_out)
+    if validates and (not trained or int(cfg.recipe.epochs) % int(cfg.trainer.check_val_every_n_epoch)):
         trainer.validate(module, datamodule=parts.datamodule, verbose=False)  # every rank: it syncs
         final = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if not trainer.is_global_zero:
@@ -256,7 +257,8 @@ def result_record(plan: RunPlan, parts: Parts, history: list[dict[str, Any]], fi
     """A completed run's result.json, from its whole history (metrics.csv across attempts) and
     `final`, an evaluation of the final model when its last epoch had no validation."""
     final = {**(history[-1] if history else {}), **final}
-    if final.get("val/top1") is None:
+    validated = parts.datamodule.val_set is not None  # None: no val split (imagenet22k without data.held_out)
+    if final.get("val/top1") is None and validated:
         raise RuntimeError("the run ended without a validation accuracy (trainer.limit_val_batches=0?)")
 
     def best(key: str) -> float | None:
@@ -279,6 +281,7 @@ def result_record(plan: RunPlan, parts: Parts, history: list[dict[str, Any]], fi
         "lr": lr,
         "wall_s": round(wall, 2),
         "train_img_per_s": round(sum(speeds) / len(speeds), 2) if speeds else None,
+        **({} if validated else {"validated": False}),  # completed without a top-1, on purpose
     }
 
 

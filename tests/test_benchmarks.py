@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import SHARED
+from tests.processes import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = SHARED / "data"
@@ -21,8 +22,8 @@ SMALL_MATMUL = ["--matmul-size", "128"]  # train_step's yardstick: four 2048^2 p
 
 CASES = {
     "train_step.py": [
-        ["--sizes", "32", "--rungs", "resnet50,kernel_5", "--steps", "1", "--warmup", "0", "--batch", "2", *TINY_MODEL,
-         *SMALL_MATMUL],
+        ["--sizes", "32", "--rungs", "resnet50,kernel_5,convnext_small", "--steps", "1", "--ref-steps", "1", "--warmup",
+         "0", "--batch", "2", *TINY_MODEL, *SMALL_MATMUL],
         ["--quick", "--batch", "2", "--ref-steps", "1", "--warmup", "0", "--formats", "channels_last",
          "--drop-path", "0.1", "--threads", "0", "--width-mult", "0.25", "--op-profile", "3", "--conv-pointwise",
          *SMALL_MATMUL],
@@ -61,7 +62,7 @@ SLOW_CASES = {  # one compiled case per script (each costs a minute or two of co
                        *SMALL_MATMUL],
                       ["--sizes", "32", "--rungs", "endpoints", "--batch", "2", "--ref-steps", "1", "--no-references",
                        "--warmup", "0", *SMALL_MATMUL]],
-    "memory.py": [["--size", "32", "--batch", "2", "--rungs", "separate_downsampling", "--jobs", "1"]],
+    "memory.py": [["--size", "32", "--batch", "2", "--rungs", "separate_downsampling,convnext_small", "--jobs", "1"]],
     # CUDA graphs (skipped by torch.compile for CPU tensors), the graph steps marked
     "loop_overhead.py": [["--rung", "resnet50", "--size", "32", "--batch", "4", "--steps", "2", "--trials", "1",
                           "--compile", "--compile-mode", "reduce-overhead", *TINY_MODEL]],
@@ -86,8 +87,7 @@ def params(cases: dict[str, list[list[str]]], *marks: pytest.MarkDecorator) -> l
 
 def run_benchmark(script: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return run_python(str(REPO / "benchmarks" / script), args, module=False, cwd=tmp_path, env=env, timeout=900)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ import copy
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,16 @@ from omegaconf import OmegaConf
 
 from roadmap import schema
 from roadmap.ladder import LadderError
-from roadmap.plan import RunConfigError, plan_run
+from roadmap.plan import plan_run
 from roadmap.run import execute
 from roadmap.rundir import run_state
 from tests.conftest import MINI_DATA, SMOKE, TINY
+from tests.processes import run_python
 from tests.test_recipe import compose_run
 
 
 def cli(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return run_python(module, args, cwd=cwd)
 
 
 def run_in_process(capsys: pytest.CaptureFixture, out: Path, *overrides: str) -> tuple[int, list[str]]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +21,7 @@ from roadmap.plan import RunConfigError, plan_run
 from roadmap.training import build_model
 from roadmap.preset import expand, plan_rungs, status_of
 from tests.conftest import TINY
+from tests.processes import run_python
 from tests.test_run import SMOKE, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +42,7 @@ def test_a_regime_key_that_is_not_read_is_refused_in_one_line(tmp_path: Path) ->
 
 
 def test_cfg_job_shows_the_composed_rung(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "roadmap.inspect", "step=gelu", "--cfg", "job"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = run_python("roadmap.inspect", ["step=gelu", "--cfg", "job"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     shown = OmegaConf.create(proc.stdout)
     assert shown.step == "gelu" and shown.model.activation == "gelu" and shown.model.kernel_size == 7

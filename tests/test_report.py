@@ -19,6 +19,7 @@ from roadmap.analysis import summarize
 from roadmap.reference import paper_ladder
 from roadmap.results import RESULT_FIELDS
 from roadmap.rundir import list_runs
+from tests.conftest import family_rows
 
 REPO = Path(__file__).resolve().parents[1]
 MISSING = "layer_norm"  # a rung that has not run in the synthetic experiment
@@ -171,6 +172,25 @@ def test_figures_on_synthetic_summary(summary: pd.DataFrame, tmp_path: Path) -> 
     first = path.read_bytes()
     report.save_figure(report.top1_vs_gmacs_figure(table, image_size=64), path)
     assert path.read_bytes() == first  # reproducible SVG: re-running does not churn git
+
+
+@pytest.mark.parametrize("runs", [slice(None), slice(0)], ids=["runs", "no_runs"])
+def test_top1_vs_gmacs_places_the_paper_family_beside_the_runs(summary: pd.DataFrame, runs: slice) -> None:
+    """Whatever the experiment, the right panel is the paper's Figure 1: one labelled marker per
+    family model, trained on 1K and pre-trained on 22K, top-1 against GFLOPs at 224²."""
+    table = report.ladder_table(summary.iloc[runs])
+    ours, paper = report.top1_vs_gmacs_figure(table, image_size=64).axes
+    assert len(ours.containers) == table["top1_mean"].notna().sum()  # one point per rung that ran
+    series = {line.get_label(): line for line in paper.get_lines()}
+    assert list(series) == ["ImageNet-1K trained", "ImageNet-22K pre-trained"]
+    letters = {"tiny": "T", "small": "S", "base": "B", "large": "L", "xlarge": "XL"}
+    labels = []
+    for label, column in (("ImageNet-1K trained", "top1_1k_224"), ("ImageNet-22K pre-trained", "top1_22k_224")):
+        models = [row for row in family_rows() if row[column]]  # XL was not trained on 1K alone
+        assert list(series[label].get_xdata()) == [float(row["paper_gflops_224"]) for row in models]
+        assert list(series[label].get_ydata()) == [float(row[column]) for row in models]
+        labels += [letters[row["model"].removeprefix("convnext_")] for row in models]
+    assert [text.get_text() for text in paper.texts] == labels
 
 
 def test_dynamics_figure(tmp_path: Path) -> None:

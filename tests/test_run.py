@@ -16,6 +16,7 @@ import torch
 from roadmap.results import RESULT_FIELDS
 from roadmap.run import execute
 from tests.conftest import SMOKE, TINY
+from tests.processes import run_python
 from tests.test_recipe import compose_run
 
 
@@ -24,10 +25,7 @@ def run_cli(args: list[str], out: Path, cwd: Path, module: str = "roadmap.run", 
             **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", ""), "PYTHONUNBUFFERED": "1"}
     env.pop("WANDB_MODE") if not env["WANDB_MODE"] else None
-    return subprocess.run(
-        [sys.executable, "-m", module, *args, f"output_root={out}"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kwargs,
-    )
+    return run_python(module, [*args, f"output_root={out}"], cwd=cwd, env=env, timeout=timeout, **kwargs)
 
 
 def result_of(out: Path, step: str, experiment: str = "smoke", seed: int = 0) -> dict:

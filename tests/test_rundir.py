@@ -9,6 +9,7 @@ from roadmap.ladder import compose_run
 from roadmap.plan import plan_run
 from roadmap.rundir import experiment_dir, list_runs, run_dir, run_label
 from tests.conftest import SMOKE
+from tests.processes import run_python
 
 
 def _plan(tmp_path: Path, *overrides: str):
@@ -53,12 +54,8 @@ def test_a_name_that_is_no_plain_folder_name_is_refused(key: str, value: str) ->
 @pytest.mark.parametrize(("module", "override"), [("roadmap.run", "variant=x/../../../../../escape2"),
                                                   ("roadmap.sweep", "experiment_name=../../escape")])
 def test_a_name_that_would_leave_output_root_is_refused_in_one_line(tmp_path: Path, module: str, override: str) -> None:
-    import subprocess
-    import sys
-
     args = ["step=gelu"] if module == "roadmap.run" else ["+roadmap=all"]
-    proc = subprocess.run([sys.executable, "-m", module, *args, *SMOKE, f"output_root={tmp_path / 'out'}", override],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = run_python(module, [*args, *SMOKE, f"output_root={tmp_path / 'out'}", override], cwd=tmp_path, timeout=300)
     key, value = override.split("=", 1)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"{module}: error: {key}={value!r} cannot name a folder: use letters, digits and _ . , + = - "

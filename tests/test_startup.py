@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import SMOKE, TINY
+from tests.processes import run_python
 
 
 def test_a_run_starts_with_a_summary_block(tmp_path: Path) -> None:
@@ -37,8 +38,8 @@ def test_the_first_epoch_is_validated_and_the_run_trains_as_without_it(tmp_path:
     runs = {}
     for first in (True, False):
         out = tmp_path / str(first)
-        proc = subprocess.run([sys.executable, "-m", "roadmap.run", *args, f"trainer.validate_first_epoch={first}",
-                               f"output_root={out}"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        proc = run_python("roadmap.run", [*args, f"trainer.validate_first_epoch={first}", f"output_root={out}"],
+                          cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
         runs[first] = pd.read_csv(out / "smoke" / "r50" / "patchify_stem" / "seed0" / "metrics.csv"), proc.stdout
     (early, log), (plain, _) = runs[True], runs[False]

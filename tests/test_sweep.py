@@ -15,12 +15,12 @@ import pytest
 import roadmap
 from roadmap.preset import leave_one_out
 from tests.conftest import SMOKE, TINY
+from tests.processes import run_python
 
 
 
 def cli(module: str, args: list[str], cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_python(module, args, cwd=cwd, timeout=timeout)
 
 
 def results(out: Path) -> dict[str, Path]:

@@ -1,6 +1,6 @@
 """The report's figures: the paper's Figure 2 with our results (`ladder_figure`), top-1 against
-GMACs and throughput, training curves and training dynamics per epoch; `report_figures` draws all
-of an experiment's, keyed by file stem."""
+GMACs (beside the paper's ConvNeXt family, its Figure 1) and throughput, training curves and
+training dynamics per epoch; `report_figures` draws all of an experiment's, keyed by file stem."""
 from __future__ import annotations
 
 import math
@@ -11,18 +11,20 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from roadmap.analysis.formatting import short_title
 from roadmap.analysis.load import DYN, ReportData
 from roadmap.analysis.proxy_study import compared_ladders, comparison_figure
-from roadmap.analysis.tables import DEFAULT_REGIME
+from roadmap.analysis.tables import DEFAULT_REGIME, FAMILY_REGIME, paper_figures
 from roadmap.ladder import known_regime, load_regime
 from roadmap.rundir import METRICS_FILE
 
 FIGURES = ("ladder", "top1_vs_gmacs", "top1_vs_throughput", "curves", "dynamics")
 OURS_COLOR = "tab:blue"
 PAPER_COLOR = "tab:orange"
+PAPER_22K_COLOR = "tab:red"
 BRANCH_COLOR = "lightgrey"
 
 
@@ -101,12 +103,10 @@ def ladder_figure(full: pd.DataFrame, title: str = "", column: str = "top1") -> 
     return fig
 
 
-def scatter_figure(table: pd.DataFrame, x: str, xlabel: str, title: str = "", column: str = "top1") -> Figure:
-    """Our top-1 (mean ± std) against a per-rung column `x` of a ladder table (`ladder_table`), one
-    labelled point per rung; the adopted rungs joined in ladder order, branches as hollow grey points."""
+def _scatter(ax: Axes, table: pd.DataFrame, x: str, xlabel: str, column: str = "top1") -> None:
+    """Our top-1 (mean ± std) against a per-rung column `x` of a ladder table on `ax`, one labelled
+    point per rung; the adopted rungs joined in ladder order, branches as hollow grey points."""
     table = table.dropna(subset=[f"{column}_mean", x])
-    fig = Figure(figsize=(8, 5.5), layout="constrained")
-    ax = fig.subplots()
     path = table[table["adopted"] == "yes"]
     ax.plot(path[x], path[f"{column}_mean"], color=OURS_COLOR, alpha=0.35, linewidth=1)
     for _, row in table.iterrows():
@@ -123,13 +123,47 @@ def scatter_figure(table: pd.DataFrame, x: str, xlabel: str, title: str = "", co
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"ours: {'EMA ' if column == 'top1_ema' else ''}top-1 (%)")
     ax.grid(alpha=0.3)
+
+
+def scatter_figure(table: pd.DataFrame, x: str, xlabel: str, title: str = "", column: str = "top1") -> Figure:
+    """Our top-1 against a per-rung column `x` of a ladder table (`ladder_table`), as `_scatter` draws it."""
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    ax = fig.subplots()
+    _scatter(ax, table, x, xlabel, column)
     ax.set_title(title)
     return fig
 
 
+def _family_panel(ax: Axes) -> None:
+    """The paper's ConvNeXt family on `ax`, as its Figure 1: ImageNet-1K top-1 against GFLOPs at 224²,
+    one marker per model (T, S, B, L, XL), trained on ImageNet-1K and pre-trained on ImageNet-22K as
+    two series (conf/regime/family.yaml's `regime.paper`)."""
+    family = paper_figures(FAMILY_REGIME)
+    for column, label, color in (("paper_top1", "ImageNet-1K trained", PAPER_COLOR),
+                                 ("paper_top1_22k", "ImageNet-22K pre-trained", PAPER_22K_COLOR)):
+        points = family.dropna(subset=[column, "paper_gflops"])
+        ax.plot(points["paper_gflops"], points[column], marker="o", color=color, label=label)
+        for _, row in points.iterrows():
+            ax.annotate(short_title(row["title"]).split("-")[-1], (row["paper_gflops"], row[column]),
+                        xytext=(4, -10), textcoords="offset points", fontsize=7, color=color)
+    ax.set_xlabel("GFLOPs at 224²")
+    ax.set_ylabel("paper: ImageNet-1K top-1 (%)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    ax.set_title("paper: the ConvNeXt family (its Fig. 1)")
+
+
 def top1_vs_gmacs_figure(table: pd.DataFrame, image_size: int | None = None, title: str = "") -> Figure:
+    """Our top-1 against GMACs (`_scatter`) beside the paper's ConvNeXt family (`_family_panel`), in
+    every report whatever the regime: two panels, as our GMACs are at the run's resolution, on its data."""
     res = f"{image_size}²" if image_size else "the run's resolution"
-    return scatter_figure(table, "gmacs", f"GMACs at {res}", title)
+    fig = Figure(figsize=(14, 5.5), layout="constrained")
+    ours, paper = fig.subplots(1, 2)
+    _scatter(ours, table, "gmacs", f"GMACs at {res}")
+    ours.set_title("ours")
+    _family_panel(paper)
+    fig.suptitle(title)
+    return fig
 
 
 def top1_vs_throughput_figure(table: pd.DataFrame, title: str = "") -> Figure:

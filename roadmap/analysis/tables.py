@@ -3,11 +3,26 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 
 from roadmap.ladder import LadderError, known_regime, ladder_order, list_steps, load_regime, step_chain
 from roadmap.reference import PAPER_COLUMNS, paper_table
 
 DEFAULT_REGIME = "r50"
+FAMILY_REGIME = "family"  # the ConvNeXt family: `roadmap.inspect`'s family table, every report's family panel
+# The `regime.paper` keys beyond `paper_table`'s: ImageNet-1K top-1 at 384 px, and after ImageNet-22K
+# pre-training at 224 and 384 px (the family's, conf/regime/family.yaml).
+PAPER_EXTRAS = ("top1_384", "top1_22k", "top1_22k_384")
+
+
+def paper_figures(regime: str) -> pd.DataFrame:
+    """`reference.paper_table` with the regime's `regime.paper` PAPER_EXTRAS as `paper_<key>` columns
+    (NaN where it gives none)."""
+    table = paper_table(regime)
+    given = load_regime(regime).get("paper") if known_regime(regime) else None
+    block = OmegaConf.to_container(given) if given else {}
+    extras = {f"paper_{key}": [block.get(step, {}).get(key) for step in table["step"]] for key in PAPER_EXTRAS}
+    return table.assign(**extras).astype({column: float for column in extras})
 
 
 def parent_step(regime: str, step: str) -> str | None:

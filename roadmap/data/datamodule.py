@@ -18,7 +18,8 @@ from roadmap.data.errors import DataError
 from roadmap.data.gpu_transforms import BatchAugment, SourceTransform
 from roadmap.data.gpu_decode import DeviceDecode, check_decode_on, collate_bytes, read_bytes
 from roadmap.data.memory import InMemoryImages, cache_dir, fits_in_memory
-from roadmap.data.sources import CIFAR, SyntheticImages, cifar, image_folder, locate_image_folder
+from roadmap.data.sources import (CIFAR, FOLDER_DATASETS, SyntheticImages, cifar, class_list,
+                                  image_folder, locate_image_folder, locate_imagenet22k, split_held_out)
 from roadmap.data.transforms import build_eval_transform, build_train_transform
 
 MAX_AUTO_WORKERS = 16
@@ -32,14 +33,15 @@ def resolve_num_workers(value: int | str, devices: int) -> int:
     return max(1, min(MAX_AUTO_WORKERS, cores // max(1, devices)))
 
 
-def _in_memory(splits: list[Dataset], data_cfg: Mapping[str, Any]) -> list[Dataset]:
-    """The splits decoded in memory when data.in_memory says so (auto: when they fit), else as they are."""
+def _in_memory(splits: list[Dataset | None], data_cfg: Mapping[str, Any]) -> list[Dataset | None]:
+    """The splits decoded in memory when data.in_memory says so (auto: when they fit), else as they are
+    (None, a run without validation's val split, stays None)."""
     setting = schema.value(data_cfg, "data.in_memory")
-    if setting is False or setting == "auto" and not fits_in_memory(splits):
+    if setting is False or setting == "auto" and not fits_in_memory([s for s in splits if s is not None]):
         return splits
     cache = cache_dir(schema.value(data_cfg, "data.cache_dir"))
     on_bad_image = schema.value(data_cfg, "data.on_bad_image")
-    return [InMemoryImages(split, cache, on_bad_image) for split in splits]
+    return [None if split is None else InMemoryImages(split, cache, on_bad_image) for split in splits]
 
 
 def augment_on(data_cfg: Mapping[str, Any]) -> str:
@@ -58,11 +60,32 @@ def _raw(data_cfg: Mapping[str, Any]) -> bool:
     return decode_on(data_cfg) == "gpu"
 
 
-def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
-    """The (train, val) datasets for `data_cfg`, with their transforms; checks the class count."""
+def _check_selection(data_cfg: Mapping[str, Any], shards_format: bool) -> None:
+    """data.classes picks class folders of FOLDER_DATASETS; data.held_out, the val images of imagenet22k
+    (the others have a val split of their own)."""
+    name = data_cfg["name"]
+    classes, held_out = schema.value(data_cfg, "data.classes"), schema.value(data_cfg, "data.held_out")
+    if classes is not None and (name not in FOLDER_DATASETS or shards_format):
+        where = "shards keep the classes they were written with" if shards_format else f"data.name={name!r} has none"
+        raise DataError(f"data.classes={classes!r} picks class folders of {', '.join(FOLDER_DATASETS)}; {where}: "
+                        "set data.classes=null.")
+    if held_out is not None and name != "imagenet22k":
+        raise DataError(f"data.held_out={held_out!r} applies to data=imagenet22k (no val split of its own); "
+                        f"data.name={name!r} has its val split: set data.held_out=null.")
+    if name == "imagenet22k" and shards_format:
+        raise DataError("data.format=shards: data=imagenet22k reads its class folders (python -m roadmap.shards "
+                        "writes train/ and val/ layouts); use data.format=folder.")
+
+
+def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset | None]:
+    """The (train, val) datasets for `data_cfg`, with their transforms; checks the class count. val is None
+    for imagenet22k without data.held_out: a run without validation."""
     name = data_cfg["name"]
     image_size = int(data_cfg["image_size"])
     num_classes = int(data_cfg["num_classes"])
+    shards_format = name in FOLDER_DATASETS and shards.resolve_format(
+        data_cfg, Path(data_cfg["root"]).expanduser()) == "shards"
+    _check_selection(data_cfg, shards_format)
     if name == "synthetic":
         seed, train_size = int(schema.value(data_cfg, "data.seed")), int(schema.value(data_cfg, "data.train_size"))
         return (
@@ -75,33 +98,62 @@ def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) 
     else:
         train_tf = build_train_transform(image_size, augment_cfg)
     eval_tf = build_eval_transform(image_size, augment_cfg)
+    root = Path(data_cfg["root"]).expanduser()
     if name in CIFAR:
         train_set, val_set = cifar(data_cfg, True, train_tf), cifar(data_cfg, False, eval_tf)
-        found, where = len(train_set.classes), str(data_cfg["root"])
-    elif shards.resolve_format(data_cfg, root := Path(data_cfg["root"]).expanduser()) == "shards":
+    elif shards_format:
         train_set, val_set = shards.open_splits(root, train_tf, eval_tf, raw=_raw(data_cfg))
-        found, where = len(train_set.classes), str(root)
     else:
-        folder = locate_image_folder(data_cfg)
-        on_bad_image = schema.value(data_cfg, "data.on_bad_image")
-        train_set = image_folder(folder / "train", train_tf, on_bad_image)
-        val_set = image_folder(folder / "val", eval_tf, on_bad_image)
+        return _folder_datasets(data_cfg, train_tf, eval_tf)
+    _check_class_count(data_cfg, len(train_set.classes), str(root))
+    return train_set, val_set
+
+
+def _folder_datasets(data_cfg: Mapping[str, Any], train_tf: Any, eval_tf: Any) -> tuple[Dataset, Dataset | None]:
+    """The ImageFolder splits, only data.classes' class folders when it is set: imagenet22k's root (its val
+    split the images of data.held_out), or the train/ and val/ of the others; served as data.decode_on and
+    data.in_memory say. The class count is checked before any file name is read (ImageNet-22K has 14M)."""
+    on_bad_image = schema.value(data_cfg, "data.on_bad_image")
+    wanted = class_list(schema.value(data_cfg, "data.classes"))
+    imagenet22k = data_cfg["name"] == "imagenet22k"
+    folder = locate_imagenet22k(data_cfg) if imagenet22k else locate_image_folder(data_cfg)
+    classes_dir = folder if imagenet22k else folder / "train"
+    if wanted is not None:
+        _check_class_count(data_cfg, len(wanted.wnids), f"data.classes={wanted.name!r}")
+    elif folders := _class_folders(classes_dir):  # none: image_folder says what it expected
+        _check_class_count(data_cfg, folders, str(classes_dir))
+    if imagenet22k:
+        images = image_folder(folder, train_tf, on_bad_image, wanted)
+        train_set, val_set = split_held_out(images, schema.value(data_cfg, "data.held_out"), eval_tf)
+    else:
+        train_set = image_folder(folder / "train", train_tf, on_bad_image, wanted)
+        val_set = image_folder(folder / "val", eval_tf, on_bad_image, wanted)
         if train_set.classes != val_set.classes:
             raise DataError(
                 f"data.root: {folder}/train and {folder}/val have different class folders "
                 f"({len(train_set.classes)} vs {len(val_set.classes)}); both need the same classes."
             )
-        found, where = len(train_set.classes), f"{folder}/train"
-        if _raw(data_cfg):  # the workers return file bytes, decoded on the GPU
-            for split in (train_set, val_set):
-                split.loader, split.transform = read_bytes, None
-        else:
-            train_set, val_set = _in_memory([train_set, val_set], data_cfg)
+    if not _raw(data_cfg):
+        train_set, val_set = _in_memory([train_set, val_set], data_cfg)
+        return train_set, val_set
+    for split in (train_set, val_set):  # the workers return file bytes, decoded on the GPU
+        if split is not None:
+            split.loader, split.transform = read_bytes, None
+    return train_set, val_set
+
+
+def _class_folders(folder: Path) -> int:
+    """The class folders in `folder` (as ImageFolder finds them), without reading their files."""
+    with os.scandir(folder) as entries:
+        return sum(entry.is_dir() for entry in entries)
+
+
+def _check_class_count(data_cfg: Mapping[str, Any], found: int, where: str) -> None:
+    num_classes = int(data_cfg["num_classes"])
     if found != num_classes:
         raise DataError(
             f"data.num_classes={num_classes} but {where} has {found} classes; set data.num_classes={found}."
         )
-    return train_set, val_set
 
 
 class RoadmapDataModule(L.LightningDataModule):
@@ -123,7 +175,7 @@ class RoadmapDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         name = self.data_cfg["name"]
-        if name in ("imagenet", "imagenette"):
+        if name in FOLDER_DATASETS:
             # Downloads Imagenette when asked, and decodes into the in-memory cache once per node.
             self.train_set, self.val_set = build_datasets(self.data_cfg, self.augment_cfg)
         elif name in CIFAR and schema.value(self.data_cfg, "data.download"):
@@ -199,7 +251,11 @@ class RoadmapDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """No loader (an empty list, which Lightning skips) when there is no val split (imagenet22k without
+        data.held_out)."""
+        if self.val_set is None and self.train_set is not None:
+            return []
         return self._loader(self.val_set, train=False)
 
 

@@ -27,6 +27,7 @@ from torchvision.transforms import functional as F
 from roadmap import schema
 from roadmap.data.errors import DataError
 from roadmap.data.gpu_transforms import canvas_size, fit_canvas, on_canvas
+from roadmap.data.transforms import eval_resize
 from roadmap.data.sources import to_rgb
 
 def check_decode_on(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any], cuda: bool) -> str:
@@ -95,7 +96,8 @@ class DeviceDecode:
         self.scale = tuple(float(s) for s in augment_cfg["scale"])
         self.ratio = tuple(float(r) for r in augment_cfg["ratio"])
         self.hflip = float(augment_cfg["hflip"])
-        self.resize = canvas_size(image_size, augment_cfg)  # the eval resize, and the GPU path's canvas
+        self.resize = eval_resize(image_size, augment_cfg)
+        self.canvas = canvas_size(image_size, augment_cfg)  # BatchAugment's canvas (data.augment_on=gpu)
         self.mean = torch.tensor([float(m) for m in augment_cfg["mean"]], device=device).view(1, 3, 1, 1)
         self.std = torch.tensor([float(s) for s in augment_cfg["std"]], device=device).view(1, 3, 1, 1)
         erasing = float(augment_cfg["random_erasing"])
@@ -118,10 +120,10 @@ class DeviceDecode:
         `BatchAugment` (data.augment_on=gpu): the workers' `SourceTransform`, with a tensor resize."""
         canvases, sizes = [], []
         for image in decode(data, self.device):
-            height, width = fit_canvas(image.shape[1], image.shape[2], self.resize)
+            height, width = fit_canvas(image.shape[1], image.shape[2], self.canvas)
             if (height, width) != image.shape[1:]:
                 image = F.resize(image, [height, width], self.interpolation, antialias=True)
-            canvases.append(on_canvas(image, self.resize))
+            canvases.append(on_canvas(image, self.canvas))
             sizes.append((height, width))
         return torch.stack(canvases), torch.tensor(sizes)
 

@@ -31,7 +31,7 @@ from timm.data.transforms import str_to_pil_interp
 from torchvision.transforms.v2 import functional as TF
 
 from roadmap.data.errors import DataError
-from roadmap.data.transforms import _interpolation, build_rand_augment
+from roadmap.data.transforms import _interpolation, build_rand_augment, eval_resize
 
 # PIL's ITU-R 601-2 luma (Image.convert("L")), in its fixed-point weights.
 LUMA = torch.tensor([19595.0, 38470.0, 7471.0], dtype=torch.float64) / 65536
@@ -40,8 +40,9 @@ SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13
 
 
 def canvas_size(image_size: int, augment_cfg: Mapping[str, Any]) -> int:
-    """The side of the fixed canvas the workers put each image on: the eval resize, floor(size / crop_pct)."""
-    return math.floor(image_size / float(augment_cfg["crop_pct"]))
+    """The side of the fixed canvas the workers put each image on: the eval resize's short side."""
+    resize = eval_resize(image_size, augment_cfg)
+    return resize if isinstance(resize, int) else max(resize)
 
 
 class SourceTransform:

@@ -1,7 +1,9 @@
-"""Where the images come from: ImageFolder layouts (imagenet, imagenette with its download),
-torchvision CIFAR, and seeded synthetic tensors."""
+"""Where the images come from: ImageFolder layouts (imagenet, imagenette with its download, imagenet22k's
+one folder per class, a subset of the classes by `data.classes`), torchvision CIFAR, and seeded synthetic
+tensors."""
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -9,6 +11,7 @@ import shutil
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,10 @@ from roadmap.data.errors import DataError
 log = logging.getLogger("roadmap.data")
 
 DATASETS = schema.KEYS["data.name"].choices
+# The datasets read from class folders (torchvision ImageFolder), where data.classes applies.
+FOLDER_DATASETS = ("imagenet", "imagenet22k", "imagenette")
+# data.classes: the named lists shipped with the package (<name>.txt, one WordNet id a line).
+CLASS_LISTS = Path(__file__).parent / "class_lists"
 
 # Folder that torchvision.datasets.Imagenette extracts into `root`, per `size`.
 IMAGENETTE_FOLDERS = {"full": "imagenette2", "320px": "imagenette2-320", "160px": "imagenette2-160"}
@@ -106,17 +113,72 @@ def bad_image(path: str, reason: str, on_bad_image: str) -> None:
     log.warning("skipping unreadable image %s (%s)", path, reason)
 
 
+def read_list(path: Path) -> list[str]:
+    """A text file's entries, one per line; `#` starts a comment, blank lines are skipped."""
+    entries = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [entry for entry in entries if entry]
+
+
+@dataclass(frozen=True)
+class ClassList:
+    """data.classes: its value as configured and its WordNet ids, sorted (label i is wnids[i])."""
+
+    name: str
+    wnids: list[str]
+
+
+def class_list(value: str | None) -> ClassList | None:
+    """data.classes: None (every class folder), a list shipped in CLASS_LISTS by name, or a text file of
+    WordNet ids."""
+    if value is None:
+        return None
+    named = sorted(path.stem for path in CLASS_LISTS.glob("*.txt"))
+    path = CLASS_LISTS / f"{value}.txt" if value in named else Path(str(value)).expanduser()
+    if not path.is_file():
+        raise DataError(
+            f"data.classes={value!r} is neither a named list ({', '.join(named)}) nor a file; give a text file "
+            "of WordNet ids (one per line), or null for every class."
+        )
+    wnids = sorted(set(read_list(path)))
+    if not wnids:
+        raise DataError(f"data.classes={value!r}: {path} lists no WordNet id; give one per line.")
+    return ClassList(str(value), wnids)
+
+
 class CheckedImageFolder(datasets.ImageFolder):
     """An ImageFolder whose unreadable images (corrupt, truncated, empty) follow `on_bad_image`:
     "error" raises a DataError naming the file; "skip" logs the file once per process, marks it (in
     shared memory, so that loader workers' marks reach the main process) and serves the next
-    readable image in its place, which keeps the batch size."""
+    readable image in its place, which keeps the batch size. `wanted` (data.classes): only these
+    class folders are read, labelled in sorted order."""
 
-    def __init__(self, root: str, transform: Any, on_bad_image: str) -> None:
+    def __init__(self, root: str, transform: Any, on_bad_image: str, wanted: ClassList | None = None) -> None:
+        self.wanted = wanted  # read by find_classes, which ImageFolder's __init__ calls
         # load_rgb converts to RGB: some ImageNet/Imagenette JPEGs are grayscale (mode L) or CMYK.
         super().__init__(root, transform=transform, loader=load_rgb, allow_empty=True)
         self.on_bad_image = on_bad_image
         self.bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        if self.wanted is None:
+            return super().find_classes(directory)
+        missing = [wnid for wnid in self.wanted.wnids if not (Path(directory) / wnid).is_dir()]
+        if missing:
+            raise DataError(
+                f"data.classes={self.wanted.name!r}: {len(missing)} of its {len(self.wanted.wnids)} classes have "
+                f"no folder in {directory}, the first {missing[0]}; point data.root at a copy that has them, or "
+                "give data.classes a list of the classes it holds."
+            )
+        return self.wanted.wnids, {wnid: i for i, wnid in enumerate(self.wanted.wnids)}
+
+    def subset(self, samples: list[tuple[str, int]], transform: Any) -> CheckedImageFolder:
+        """These of its samples (its classes and labels kept), under `transform`."""
+        part = copy.copy(self)
+        part.samples = part.imgs = samples
+        part.targets = [label for _, label in samples]
+        part.transform = transform
+        part.bad = torch.zeros(len(samples), dtype=torch.bool).share_memory_()
+        return part
 
     @property
     def skipped(self) -> list[str]:
@@ -141,8 +203,10 @@ class CheckedImageFolder(datasets.ImageFolder):
         raise DataError(f"data.root: no image under {self.root} can be read")
 
 
-def image_folder(split_dir: Path, transform: Any, on_bad_image: str = "skip") -> CheckedImageFolder:
-    """An ImageFolder over `split_dir` (RGB images); a DataError when it has no classes or an empty class."""
+def image_folder(split_dir: Path, transform: Any, on_bad_image: str = "skip",
+                 wanted: ClassList | None = None) -> CheckedImageFolder:
+    """An ImageFolder over `split_dir` (RGB images; only the `wanted` classes when given); a DataError when
+    it has no classes or an empty class."""
     if split_dir.is_dir() and any(f.suffix.lower() in IMG_EXTENSIONS for f in split_dir.iterdir() if f.is_file()):
         root = split_dir.parent
         raise DataError(
@@ -153,7 +217,7 @@ def image_folder(split_dir: Path, transform: Any, on_bad_image: str = "skip") ->
             f"{split_dir}/<wnid>/<image>."
         )
     try:
-        dataset = CheckedImageFolder(str(split_dir), transform, on_bad_image)
+        dataset = CheckedImageFolder(str(split_dir), transform, on_bad_image, wanted)
     except FileNotFoundError as err:
         raise DataError(
             f"data.root: {split_dir} holds no class folders ({err}); expected {split_dir}/<class>/<image>."
@@ -273,6 +337,46 @@ def locate_image_folder(data_cfg: Mapping[str, Any]) -> Path:
     if not _has_splits(extracted):
         raise DataError(f"data.root={_show(root)}: the Imagenette download did not produce {extracted}/train, /val.")
     return extracted
+
+
+HELD_OUT_HELP = "list held-out images relative to data.root, one per line (e.g. n01440764/n01440764_10026.JPEG)"
+
+
+def locate_imagenet22k(data_cfg: Mapping[str, Any]) -> Path:
+    """ImageNet-22K's root: one folder per WordNet id directly in it, as fall11_whole / winter21_whole unpack."""
+    root = Path(data_cfg["root"]).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"data.root={_show(root)} holds no ImageNet-22K copy: expected {root}/<wnid>/<image>, one folder per "
+            f"WordNet id (as fall11_whole / winter21_whole unpack). Point data.root at that folder, {_ROOT_HELP}"
+        )
+    return root
+
+
+def split_held_out(dataset: CheckedImageFolder, held_out: str | None, eval_tf: Any,
+                   ) -> tuple[CheckedImageFolder, CheckedImageFolder | None]:
+    """data.held_out: (the images not listed, the listed images under `eval_tf`); (dataset, None) without a
+    list. A listed image of a class that data.classes leaves out is not read, so it is dropped."""
+    if held_out is None:
+        return dataset, None
+    path = Path(str(held_out)).expanduser()
+    if not path.is_file():
+        raise DataError(f"data.held_out={held_out!r} is not a file; {HELD_OUT_HELP}, or null for no validation.")
+    entries = [e for e in read_list(path) if dataset.wanted is None or e.split("/", 1)[0] in dataset.class_to_idx]
+    listed = {os.path.join(dataset.root, entry): entry for entry in entries}
+    if not listed:
+        of = " of the classes of data.classes" if dataset.wanted is not None else ""
+        raise DataError(f"data.held_out={held_out!r} lists no image{of}; {HELD_OUT_HELP}")
+    val = [sample for sample in dataset.samples if sample[0] in listed]
+    found = {image for image, _ in val}
+    missing = [entry for image, entry in listed.items() if image not in found]
+    if missing:
+        raise DataError(
+            f"data.held_out={held_out!r}: {len(missing)} of its {len(listed)} images are not under "
+            f"data.root={dataset.root}, the first {missing[0]}; {HELD_OUT_HELP}"
+        )
+    train = [sample for sample in dataset.samples if sample[0] not in listed]
+    return dataset.subset(train, dataset.transform), dataset.subset(val, eval_tf)
 
 
 def cifar(data_cfg: Mapping[str, Any], train: bool, transform: Any) -> Dataset:

@@ -12,6 +12,7 @@ from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_interp_mode, str_to_pil_interp
 from torchvision import transforms
 
+from roadmap import schema
 from roadmap.data.errors import DataError
 
 def _interpolation(augment_cfg: Mapping[str, Any]) -> str:
@@ -99,15 +100,25 @@ def build_train_transform(image_size: int, augment_cfg: Mapping[str, Any]) -> tr
     return transforms.Compose(steps)
 
 
-def build_eval_transform(image_size: int, augment_cfg: Mapping[str, Any]) -> transforms.Compose:
-    """Resize the short side to floor(image_size / crop_pct), center-crop image_size, ToTensor, Normalize."""
-    interpolation = _interpolation(augment_cfg)
+def eval_resize(image_size: int, augment_cfg: Mapping[str, Any]) -> int | list[int]:
+    """The eval resize before the center crop of image_size: the short side to floor(image_size / crop_pct),
+    or, from `eval_warp_from` px on, the whole image to image_size x image_size (a warp, nothing cropped),
+    as the official ConvNeXt code evaluates at 384 px."""
+    warp_from = schema.value(augment_cfg, "recipe.augment.eval_warp_from")
+    if warp_from is not None and image_size >= warp_from:
+        return [image_size, image_size]
     crop_pct = float(augment_cfg["crop_pct"])
     if not 0 < crop_pct <= 1:
         raise DataError(f"recipe.augment.crop_pct={crop_pct} must lie in (0, 1].")
+    return math.floor(image_size / crop_pct)
+
+
+def build_eval_transform(image_size: int, augment_cfg: Mapping[str, Any]) -> transforms.Compose:
+    """The eval resize (`eval_resize`), center-crop image_size, ToTensor, Normalize."""
+    interpolation = _interpolation(augment_cfg)
     return transforms.Compose(
         [
-            transforms.Resize(math.floor(image_size / crop_pct), str_to_interp_mode(interpolation)),
+            transforms.Resize(eval_resize(image_size, augment_cfg), str_to_interp_mode(interpolation)),
             transforms.CenterCrop(image_size),
             transforms.ToTensor(),
             transforms.Normalize(
