@@ -138,7 +138,9 @@ def step_chain(step: str, regime: str | DictConfig = "r50") -> list[str]:
     adopted = list_steps(spec)[1:]
     if step in adopted:
         return adopted[: adopted.index(step) + 1]
-    raise LadderError(f"step={step!r} is not a step of regime {spec.name!r}; "
+    home = regime_of(step)  # the regime that names the step, else r50
+    hint = f" (it is one of regime {home!r}: add regime={home})" if step in list_steps(home, adopted_only=False) else ""
+    raise LadderError(f"step={step!r} is not a step of regime {spec.name!r}{hint}; "
                       f"valid steps: {list_steps(spec, adopted_only=False)}")
 
 

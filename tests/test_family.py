@@ -22,6 +22,9 @@ def test_the_family_regime_lists_the_five_models_and_build_model_finds_them() ->
     assert small.cfg.layer_scale == 1e-6 and small.cfg.init == "trunc_normal"
     with pytest.raises(roadmap.LadderError, match="valid steps"):
         roadmap.build_model("convnext_huge")
+    with pytest.raises(roadmap.LadderError, match=r"'convnext_small' is not a step of regime 'r50' \(it is one of "
+                                                  r"regime 'family': add regime=family\); valid steps"):
+        roadmap.build_model("convnext_small", "r50")
 
 
 @pytest.mark.parametrize("row", family_rows(), ids=lambda r: r["model"])
