@@ -51,3 +51,30 @@ def test_a_batchnorm_rung_gives_plain_levels_and_can_freeze_its_batchnorm() -> N
         torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="out_indices"):
         Backbone(net, out_indices=(4,))
+
+
+@pytest.mark.parametrize("step", ["resnet50", "separate_downsampling"])
+def test_mask_rcnn_on_a_rung_trains_and_predicts(step: str) -> None:
+    """torchvision's Mask R-CNN and FPN on a BatchNorm and a LayerNorm rung: finite losses whose
+    gradients reach the rung's stem, then detections in eval mode."""
+    from roadmap.model.detection import mask_rcnn
+
+    torch.manual_seed(0)
+    net = roadmap.build_model(step, width_mult=0.25)
+    model = mask_rcnn(net, num_classes=3, fpn_channels=32, frozen_bn=step == "resnet50", min_size=96, max_size=96)
+    images = [torch.rand(3, 96, 96), torch.rand(3, 80, 96)]
+    masks = torch.zeros(1, 96, 96, dtype=torch.uint8)
+    masks[0, 20:60, 10:50] = 1
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 50.0, 60.0]]), "labels": torch.tensor([1]), "masks": masks},
+               {"boxes": torch.tensor([[5.0, 5.0, 40.0, 30.0]]), "labels": torch.tensor([2]),
+                "masks": masks[:, :80]}]
+    losses = model.train()(images, targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    stem_grad = next(p for p in net.stem.parameters() if p.requires_grad).grad
+    assert stem_grad is not None and stem_grad.abs().sum() > 0
+    with torch.no_grad():
+        detections = model.eval()(images)
+    assert len(detections) == 2 and set(detections[0]) == {"boxes", "labels", "scores", "masks"}
