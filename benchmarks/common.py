@@ -26,6 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/x.py` from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
+# The ConvNeXt models torchvision has (timm has all five of the family).
+TORCHVISION_CONVNEXTS = ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
+
 
 # --------------------------------------------------------------------------------------------
 # Options

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import add_device_args, autocast, csv_list, print_header, print_table, setup_device
+from common import TORCHVISION_CONVNEXTS, add_device_args, autocast, csv_list, print_header, print_table, setup_device
 
 import roadmap  # noqa: E402
 from roadmap.recipe import param_groups  # noqa: E402
@@ -50,7 +50,6 @@ MB = 2**20
 
 
 FAMILY = roadmap.list_steps("family")  # convnext_tiny … convnext_xlarge: built with drop path 0, as the references
-TORCHVISION_CONVNEXTS = ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
 
 
 def models(rungs: list[str], references: bool) -> tuple[list[dict], list[tuple[str, str]]]:

@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import (
-    Matmul, add_device_args, autocast, csv_list, interleave, print_header, print_table, setup_device, verdict,
+    TORCHVISION_CONVNEXTS, Matmul, add_device_args, autocast, csv_list, interleave, print_header, print_table,
+    setup_device, verdict,
 )
 
 import roadmap  # noqa: E402  (common puts the checkout on sys.path)
@@ -60,7 +61,6 @@ FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channel
 DEFAULT_BATCH = {224: 32, 64: 64}
 ENDPOINTS = ("resnet50", "separate_downsampling")
 FAMILY = roadmap.list_steps("family")  # convnext_tiny … convnext_xlarge
-TORCHVISION_CONVNEXTS = ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
 
 
 @dataclass

@@ -210,7 +210,7 @@ def startup_lines(plan: RunPlan, parts: Parts, action: str) -> list[str]:
         f"{cfg.trainer.precision}; batch {cfg.trainer.per_device_batch} per device x {plan.accumulate} accumulated "
         f"= {cfg.recipe.global_batch}",
         f"data: {cfg.data.name} at {cfg.data.image_size} px, {len(data.train_set)} train / "
-        f"{'no (no validation)' if data.val_set is None else len(data.val_set)} val images, from {cfg.data.root}",
+        f"{len(data.val_set) if data.validates else 'no (no validation)'} val images, from {cfg.data.root}",
     ]
 
 
@@ -243,8 +243,7 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
     state.commit(trainer)
     final: dict[str, Any] = {}
     trained = trainer.global_step != (state.loaded_optimizer_step or 0)
-    validates = parts.datamodule.val_set is not None  # None: no val split (imagenet22k without data.held_out)
-    if validates and (not trained or int(cfg.recipe.epochs) % int(cfg.trainer.check_val_every_n_epoch)):
+    if parts.datamodule.validates and (not trained or int(cfg.recipe.epochs) % int(cfg.trainer.check_val_every_n_epoch)):
         trainer.validate(module, datamodule=parts.datamodule, verbose=False)  # every rank: it syncs
         final = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if not trainer.is_global_zero:
@@ -257,7 +256,7 @@ def result_record(plan: RunPlan, parts: Parts, history: list[dict[str, Any]], fi
     """A completed run's result.json, from its whole history (metrics.csv across attempts) and
     `final`, an evaluation of the final model when its last epoch had no validation."""
     final = {**(history[-1] if history else {}), **final}
-    validated = parts.datamodule.val_set is not None  # None: no val split (imagenet22k without data.held_out)
+    validated = parts.datamodule.validates
     if final.get("val/top1") is None and validated:
         raise RuntimeError("the run ended without a validation accuracy (trainer.limit_val_batches=0?)")
 

@@ -83,8 +83,8 @@ def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) 
     name = data_cfg["name"]
     image_size = int(data_cfg["image_size"])
     num_classes = int(data_cfg["num_classes"])
-    shards_format = name in FOLDER_DATASETS and shards.resolve_format(
-        data_cfg, Path(data_cfg["root"]).expanduser()) == "shards"
+    root = Path(data_cfg["root"]).expanduser()
+    shards_format = name in FOLDER_DATASETS and shards.resolve_format(data_cfg, root) == "shards"
     _check_selection(data_cfg, shards_format)
     if name == "synthetic":
         seed, train_size = int(schema.value(data_cfg, "data.seed")), int(schema.value(data_cfg, "data.train_size"))
@@ -98,7 +98,6 @@ def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) 
     else:
         train_tf = build_train_transform(image_size, augment_cfg)
     eval_tf = build_eval_transform(image_size, augment_cfg)
-    root = Path(data_cfg["root"]).expanduser()
     if name in CIFAR:
         train_set, val_set = cifar(data_cfg, True, train_tf), cifar(data_cfg, False, eval_tf)
     elif shards_format:
@@ -247,6 +246,11 @@ class RoadmapDataModule(L.LightningDataModule):
         if self.batch_augment is not None and self.trainer.training:
             return self.device_decode.canvases(data), labels
         return self.device_decode(data, train=self.trainer.training), labels
+
+    @property
+    def validates(self) -> bool:
+        """Whether the run has a val split (set up): not imagenet22k without data.held_out."""
+        return self.val_set is not None
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
