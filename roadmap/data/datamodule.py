@@ -83,7 +83,7 @@ def build_datasets(data_cfg: Mapping[str, Any], augment_cfg: Mapping[str, Any]) 
     name = data_cfg["name"]
     image_size = int(data_cfg["image_size"])
     num_classes = int(data_cfg["num_classes"])
-    root = Path(data_cfg["root"]).expanduser()
+    root = Path(data_cfg["root"]).expanduser() if data_cfg["root"] is not None else None  # synthetic has none
     shards_format = name in FOLDER_DATASETS and shards.resolve_format(data_cfg, root) == "shards"
     _check_selection(data_cfg, shards_format)
     if name == "synthetic":
