@@ -23,6 +23,8 @@ log = logging.getLogger("roadmap.run")
 
 COLUMNS = ["epoch", "step", "lr", "train/loss", "val/loss", "val/top1", "val/top5", "val/top1_ema",
            "val/top5_ema", "img_per_s"]
+# A downstream task's validation metrics (roadmap.tasks): columns after COLUMNS when it logs them.
+TASK_METRIC_PREFIXES = ("val/ap_", "val/miou", "val/aacc")
 
 
 def write_epoch_row(path: Path, row: dict[str, Any]) -> None:
@@ -81,6 +83,8 @@ class EpochMetrics(L.Callback):
             value = logged.get(sources.get(column, column)) if validated or not column.startswith("val/") else None
             row[column] = round(float(value), 6) if value is not None else None
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        for key in [k for k in logged if k.startswith(TASK_METRIC_PREFIXES)] if validated else []:  # downstream tasks
+            row[key] = round(float(logged[key]), 6)
         for key in [k for k in logged if k.startswith(DYNAMICS_PREFIX)]:  # roadmap.diagnostics, in its order
             row[key] = float(f"{float(logged[key]):.6g}")
         self.rows.append(row)
@@ -260,8 +264,12 @@ class StartupSummary(L.Callback):
         start = f", starting at optimizer step {trainer.global_step}" if trainer.global_step else ""
         every = trainer.check_val_every_n_epoch
         first = "after epoch 0, then " if self.first_epoch_validation and FirstEpochValidation.applies(trainer) else ""
-        schedule = (f"schedule: {epochs} epochs, {total} optimizer steps ({total // max(epochs, 1)} per epoch{start}); "
-                    f"validation {first}every {every} epoch(s) and after the last")
+        if epochs > 0:
+            length = f"{epochs} epochs, {total} optimizer steps ({total // epochs} per epoch{start})"
+        else:  # recipe.max_steps
+            per_epoch = max(1, trainer.num_training_batches // trainer.accumulate_grad_batches)
+            length = f"{total} optimizer steps (recipe.max_steps; {per_epoch} per epoch{start})"
+        schedule = f"schedule: {length}; validation {first}every {every} epoch(s) and after the last"
         for line in [*self.lines, schedule]:
             log.info("%s", line)
 

@@ -13,7 +13,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 from torchmetrics.classification import MulticlassAccuracy
 
-from roadmap.recipe import build_mixup, build_optimizer, build_schedule, build_train_loss, scaled_lr
+from roadmap.recipe import build_mixup, build_train_loss, optimizer_and_schedule, scaled_lr
 
 log = logging.getLogger("roadmap.classifier")
 
@@ -207,8 +207,4 @@ class Classifier(L.LightningModule):
             metric.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.model, self.recipe, self.lr)
-        total = int(self.trainer.estimated_stepping_batches)
-        steps_per_epoch = total / max(1, self.trainer.max_epochs)
-        schedule = build_schedule(optimizer, self.recipe, self.lr, total, steps_per_epoch)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return optimizer_and_schedule(self.trainer, self.model, self.recipe, self.lr)

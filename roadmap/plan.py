@@ -18,7 +18,8 @@ from roadmap.model.config import ArchConfig
 from roadmap.recipe import mixing as recipe_mixing
 from roadmap.recipe import scaled_lr
 from roadmap.results import config_hash
-from roadmap.rundir import RunDirError
+from roadmap.rundir import CHECKPOINT_FILE, RunDirError, experiment_run
+from roadmap.tasks import check_task
 
 # trainer.per_device_batch=auto's ceiling per device kind: conf/trainer/gpu.yaml's and cpu.yaml's
 # per_device_batch (tests/test_run.py checks they agree).
@@ -102,6 +103,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         if refused is None:
             raise
         raise RunConfigError(str(refused)) from None
+    _resolve_init_from(cfg)
     trainer = cfg.trainer
     _resolve_auto_trainer(trainer)
     try:
@@ -113,6 +115,10 @@ def plan_run(cfg: DictConfig) -> RunPlan:
                              "directory, its last.ckpt or a state-dict file>")
     _resolve_auto_batch(cfg)
     arch = _check_model(cfg)
+    try:
+        check_task(cfg, arch)
+    except schema.ConfigError as error:
+        raise RunConfigError(str(error)) from None
     devices, nodes = int(trainer.devices), int(trainer.num_nodes)
     per_device, global_batch = int(trainer.per_device_batch), int(cfg.recipe.global_batch)
     per_step = per_device * devices * nodes
@@ -130,6 +136,23 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     base_batch = int(cfg.recipe.optimizer.base_batch)
     return RunPlan(cfg, arch, Path(cfg.output_dir), devices, per_device, global_batch, global_batch // per_step,
                    scaled_lr(cfg.recipe.optimizer, global_batch), global_batch != base_batch, mixes, config_hash(cfg))
+
+
+def _resolve_init_from(cfg: DictConfig) -> None:
+    """init_from=<an experiment>: that experiment's run of this rung (seed `init_from_seed`, or the run's)."""
+    init_from = cfg.get("init_from")
+    if init_from is None:
+        return
+    seed = cfg.get("init_from_seed")
+    seed = int(cfg.seed) if seed is None else int(seed)
+    run = experiment_run(str(init_from), cfg.output_root, cfg.regime.name, cfg.step, seed)
+    if run is None:
+        return
+    if not (run / CHECKPOINT_FILE).is_file():
+        raise RunConfigError(f"init_from={init_from}: the experiment has no finished epoch of rung "
+                             f"{cfg.regime.name}/{cfg.step} seed {seed} ({run} holds no {CHECKPOINT_FILE}); train "
+                             f"that rung there first")
+    cfg.init_from = str(run)
 
 
 def _cause(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:

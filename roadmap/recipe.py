@@ -130,6 +130,26 @@ class WarmupCosine:
 
 
 @dataclass
+class WarmupPoly:
+    """LR multiplier per optimizer step: mmsegmentation's poly, (lr - min_lr)(1 - step/total)^power + min_lr,
+    under mmcv's linear warmup, which scales that lr by 1 - (1 - step/warmup)(1 - start_lr/lr)."""
+
+    lr: float
+    total_steps: int
+    warmup_steps: int
+    start_lr: float = 0.0
+    min_lr: float = 0.0
+    power: float = 1.0
+
+    def __call__(self, step: int) -> float:
+        progress = min(1.0, step / max(1, self.total_steps))
+        value = (self.lr - self.min_lr) * (1 - progress) ** self.power + self.min_lr
+        if step < self.warmup_steps:
+            value *= 1 - (1 - step / self.warmup_steps) * (1 - self.start_lr / self.lr)
+        return value / self.lr
+
+
+@dataclass
 class StepDecay:
     """LR multiplier per optimizer step: x `gamma` at each of `milestones` (in epochs)."""
 
@@ -145,16 +165,37 @@ class StepDecay:
 def build_schedule(
     optimizer: torch.optim.Optimizer, recipe: Mapping[str, Any], lr: float, total_steps: int, steps_per_epoch: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """recipe.schedule.name: `warmup_cosine` or `step` (milestones in epochs, gamma)."""
+    """recipe.schedule.name: `warmup_cosine`, `warmup_poly` or `step` (milestones in epochs, gamma)."""
     sched = recipe["schedule"]
     schema.check(sched, "recipe.schedule")
-    if schema.value(sched, "recipe.schedule.name") == "step":
+    name = schema.value(sched, "recipe.schedule.name")
+    if name == "step":
         milestones = tuple(float(m) for m in schema.value(sched, "recipe.schedule.milestones"))
         decay = StepDecay(milestones, float(schema.value(sched, "recipe.schedule.gamma")), steps_per_epoch)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
-    warmup = min(total_steps, round(float(sched["warmup_epochs"]) * steps_per_epoch))
-    curve = WarmupCosine(lr, total_steps, warmup, float(sched["warmup_start_lr"]), float(sched["min_lr"]))
+    warmup_steps = schema.value(sched, "recipe.schedule.warmup_steps")
+    if warmup_steps is None:
+        warmup_steps = round(float(sched["warmup_epochs"]) * steps_per_epoch)
+    warmup = min(total_steps, int(warmup_steps))
+    if name == "warmup_poly":
+        curve = WarmupPoly(lr, total_steps, warmup, float(sched["warmup_start_lr"]), float(sched["min_lr"]),
+                           float(schema.value(sched, "recipe.schedule.power")))
+    else:
+        curve = WarmupCosine(lr, total_steps, warmup, float(sched["warmup_start_lr"]), float(sched["min_lr"]))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, curve)
+
+
+def optimizer_and_schedule(trainer: Any, model: nn.Module, recipe: Mapping[str, Any], lr: float) -> dict[str, Any]:
+    """A LightningModule's `configure_optimizers`: the recipe's optimizer and its per-step schedule over
+    the trainer's optimizer steps (`recipe.max_steps`, or its epochs)."""
+    optimizer = build_optimizer(model, recipe, lr)
+    total = int(trainer.estimated_stepping_batches)
+    if trainer.max_epochs is not None and trainer.max_epochs > 0:
+        steps_per_epoch = total / trainer.max_epochs
+    else:  # trained by max_steps: an epoch is the loader's length
+        steps_per_epoch = max(1.0, trainer.num_training_batches / trainer.accumulate_grad_batches)
+    schedule = build_schedule(optimizer, recipe, lr, total, steps_per_epoch)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def build_mixup(recipe: Mapping[str, Any], num_classes: int) -> Mixup | None:

@@ -19,8 +19,10 @@ from roadmap import schema
 
 # Every result.json has these fields (None where a failed run has no value).
 RESULT_FIELDS = [
-    "experiment", "regime", "step", "variant", "seed", "status", "reason",
-    "top1", "top5", "top1_ema", "top5_ema", "top1_max", "top1_ema_max", "train_loss_sum", "val_loss",
+    "experiment", "task", "regime", "step", "variant", "seed", "status", "reason",
+    "top1", "top5", "top1_ema", "top5_ema", "top1_max", "top1_ema_max",
+    "ap_box", "ap_box_50", "ap_box_75", "ap_mask", "ap_mask_50", "ap_mask_75", "miou",  # downstream tasks (percent)
+    "train_loss_sum", "val_loss",
     "params", "gmacs", "gmacs_224", "image_size", "dataset", "num_classes",
     "epochs", "optimizer_steps", "global_batch", "per_device_batch", "accumulate", "devices",
     "num_nodes", "sync_batchnorm", "precision", "channels_last", "augment_on", "decode_on", "lr", "lr_scaled",
@@ -78,6 +80,8 @@ def config_hash(cfg: DictConfig) -> str:
         _pop_dotted(container, dotted)
     for dotted, value in schema.LEGACY.items():
         _pop_dotted(container, dotted, only_if=value)
+    if container.get("task") == {}:  # task=classification: as before tasks existed
+        del container["task"]
     canonical = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

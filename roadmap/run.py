@@ -26,6 +26,7 @@ from roadmap.ladder import conf_dir, rung_argv
 from roadmap.plan import RunConfigError, RunPlan, plan_run, valid_per_device_batches
 from roadmap.rundir import RESULT_FILE, Attempt, plan_action
 from roadmap.signals import Interrupted, exit_by_signal, raise_on_signals
+from roadmap.tasks import headline
 from roadmap.training import CheckpointError, Parts, attempt_fields, build_parts, is_rank_zero, train, verify_checkpoint
 
 log = logging.getLogger("roadmap.run")
@@ -117,7 +118,11 @@ def _train_and_record(plan: RunPlan, parts: Parts, attempt: Attempt, state: Any)
         return _error(f"the run failed: {reason.splitlines()[0]}{kept} (result in {work / RESULT_FILE})", 1)
     if record is not None:
         attempt.complete(record)
-        log.info("top-1 %s (EMA %s) -> %s", record["top1"], record["top1_ema"], plan.out_dir)
+        metric = headline(record["task"])
+        if metric == "top1":
+            log.info("top-1 %s (EMA %s) -> %s", record["top1"], record["top1_ema"], plan.out_dir)
+        else:
+            log.info("%s %s -> %s", metric, record[metric], plan.out_dir)
     return 0
 
 

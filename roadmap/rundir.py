@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from roadmap.results import RESULT_FIELDS, config_hash, read_metrics_csv, write_atomic
+from roadmap.tasks import headline
 
 # A run's files.
 CONFIG_FILE = "config.yaml"
@@ -119,6 +120,16 @@ def run_dir(output_root: str | Path, experiment: str, regime: str, step: str, va
     return path
 
 
+def experiment_run(init_from: str, output_root: str | Path, regime: str, step: str, seed: int) -> Path | None:
+    """`init_from` naming an experiment (its folder, or its name under output_root: a folder holding
+    `<regime>/` and no last.ckpt) → that experiment's run of rung `step` (no variant) and `seed`; None
+    when it names a run directory or a file."""
+    for folder in (Path(init_from).expanduser(), Path(output_root) / init_from):
+        if folder.is_dir() and not (folder / CHECKPOINT_FILE).is_file() and (folder / regime).is_dir():
+            return folder / run_label(regime, step, None, seed)
+    return None
+
+
 def run_name(experiment: str, regime: str, step: str, variant: str | None, seed: int) -> str:
     """A run's name for trackers (W&B): unique per run directory, variants included."""
     return f"{experiment}/{run_label(regime, step, variant, seed)}"
@@ -153,8 +164,9 @@ def read_result(out_dir: Path) -> dict[str, Any] | None:
 
 def write_result(out_dir: Path, record: dict[str, Any]) -> None:
     """result.json with every field of RESULT_FIELDS (None where unknown), then any others."""
-    if record.get("status") == "completed" and record.get("top1") is None and record.get("validated", True):
-        raise ValueError(f"refusing to record {out_dir} as completed without a top-1 accuracy")
+    metric = headline(record.get("task") or "classification")
+    if record.get("status") == "completed" and record.get(metric) is None and record.get("validated", True):
+        raise ValueError(f"refusing to record {out_dir} as completed without its {metric}")
     full = {name: record.get(name) for name in RESULT_FIELDS}
     full.update({k: v for k, v in record.items() if k not in full})
     write_atomic(Path(out_dir) / RESULT_FILE, json.dumps(full, indent=2) + "\n")

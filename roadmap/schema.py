@@ -44,6 +44,10 @@ LEGACY: dict[str, Any] = {
     "data.format": "auto",
     "data.classes": None,
     "data.held_out": None,
+    "task.name": "classification",
+    "init_from_seed": None,
+    "recipe.max_steps": None,
+    "recipe.schedule.warmup_steps": None,
 }
 # Blocks renamed since runs were recorded: old name -> name now (config.yaml files written before
 # the rung's deltas were composed by Hydra hold the rung's builder fields as `arch`).
@@ -152,6 +156,8 @@ GROUPS = {g.name: g for g in (
           "- `imagenette_proxy_v3` (v2 + weight decay 2.0) and `imagenette_proxy_v4` (v2 +\n"
           "  `normalized_weight_decay` 2.0): rejected proxy candidates.\n\n"
           "See [../experiments/README.md](../experiments/README.md) for what each proxy gives."),
+    Group("task", "What the rung is trained for ([downstream.md](downstream.md)): `classification` (the ladder), "
+          "`detection` (Mask R-CNN + FPN on COCO), `segmentation` (UperNet on ADE20K)."),
     Group("data", "The data set ([data.md](data.md))."),
     Group("recipe", "The training recipe ([training.md](training.md#the-paper-recipe)); "
           "`conf/recipe/paper.yaml` sets every key of it."),
@@ -183,11 +189,13 @@ KEYS: dict[str, Key] = _keys(
         "and its content hash. `null`: the rung's init.", values="`null`, a folder or a file", nullable=True),
     Key("init_from_ema", "With `init_from`: start from its EMA weights instead of its raw ones.", "choice",
         choices=(False, True)),
+    Key("init_from_seed", "With `init_from` naming an experiment: the seed of that experiment's run of this rung "
+        "to start from. `null`: this run's own seed.", "int", nullable=True),
     Key("force", "`true` reruns a completed run, in `<run dir>/rerun/` ([runs.md](runs.md#force-reruns)). "
         + UNHASHED, "choice", choices=(False, True), hashed=False),
     # Data.
     Key("data.name", "The data set (`data=<name>` picks its preset).", "choice",
-        choices=("imagenet", "imagenet22k", "imagenette", "cifar10", "cifar100", "synthetic"),
+        choices=("imagenet", "imagenet22k", "imagenette", "cifar10", "cifar100", "synthetic", "coco", "ade20k"),
         says="is not a known dataset; use one of {choices} (data=<name>)."),
     Key("data.root", "Where the data set is: an ImageNet layout, the archives, or a shards folder "
         "([data.md](data.md)); `$ROADMAP_DATA_DIR/<the set's folder>` (`./data` when `ROADMAP_DATA_DIR` is unset). "
@@ -240,9 +248,35 @@ KEYS: dict[str, Key] = _keys(
     Key("data.val_size", "synthetic: validation images.", "int", minimum=1, default=256),
     Key("data.seed", "synthetic: the images' seed (fixed like a real data set, not the run's seed).", "int",
         default=0),
+    # Task.
+    Key("task.name", "The task (`task=<name>`); a downstream task builds its head on the rung's backbone "
+        "(`roadmap.model.backbone`) and takes its weights from `init_from`.", "choice",
+        choices=("classification", "detection", "segmentation"), says="is not a task; use one of {choices} (task=<name>)."),
+    Key("task.fpn_channels", "detection: the FPN's channels.", "int", minimum=1, default=256),
+    Key("task.frozen_bn", "detection / segmentation: freeze the backbone's BatchNorms (statistics and affine), as "
+        "torchvision's and mmdetection's ResNet backbones; a LayerNorm rung has none.", "choice",
+        choices=(True, False), default=False),
+    Key("task.train_sizes", "detection: the short sides multi-scale training draws from, per image (torchvision's "
+        "`min_size`); the long side stays ≤ `task.max_size`. Evaluation uses `data.image_size`.", "list",
+        item="int", default=[800], values="a list of sizes"),
+    Key("task.max_size", "detection: the longest side after resizing.", "int", minimum=1, default=1333),
+    Key("task.decoder_channels", "segmentation: UperNet's decoder channels.", "int", minimum=1, default=512),
+    Key("task.aux_weight", "segmentation: the FCN auxiliary head's loss weight (stage 3); 0: no auxiliary head.",
+        "number", default=0.4),
+    Key("task.scale", "segmentation: the image is rescaled, ratio kept, to fit (long, short); training draws "
+        "a ratio of it from `task.ratio_range`, then crops `data.image_size`.", "list", item="int", length=2,
+        default=[2048, 512]),
+    Key("task.ratio_range", "segmentation: training's random rescale range.", "list", length=2, default=[0.5, 2.0]),
+    Key("task.slide_stride", "segmentation: the sliding window's stride at evaluation (the window is "
+        "`data.image_size`).", "int", minimum=1, default=341),
+    Key("task.eval_ratios", "segmentation: the ratios of the multi-scale + flip evaluation, run on the final model "
+        "(result.json's `miou_ms`); `null`: single scale only.", "list", nullable=True, default=None,
+        values="`null`, a list of ratios"),
     # Recipe.
     Key("recipe.name", "The recipe preset's name (`recipe=<name>`).", values="`paper`, `proxy`"),
     Key("recipe.epochs", "The training epochs.", "int", minimum=1),
+    Key("recipe.max_steps", "Train this many optimizer steps instead (the schedule spans them; ADE20K's 160k "
+        "iterations); `null`: `recipe.epochs`.", "int", minimum=1, nullable=True),
     Key("recipe.global_batch", "The global batch. Accumulation = global / (per-device batch × devices × nodes); "
         "a batch that does not divide is an error.", "int", minimum=1),
     Key("recipe.optimizer.name", "`adamw`: no decay on biases and 1-D parameters (the modern recipe); `sgd`: "
@@ -267,9 +301,14 @@ KEYS: dict[str, Key] = _keys(
         "lr × decay^(L + 1 − layer). `null`: none.", "number", nullable=True, maximum=1),
     Key("recipe.optimizer.momentum", "SGD's momentum (`recipe.optimizer.name=sgd`).", "number", default=0.9),
     Key("recipe.schedule.name", "The per-step learning-rate schedule: `warmup_cosine` (linear warmup, then "
-        "cosine) or `step` (× `gamma` at each of `milestones`).", "choice", choices=("warmup_cosine", "step"),
+        "cosine), `warmup_poly` (linear warmup, then polynomial decay: mmsegmentation's poly) or `step` (× `gamma` "
+        "at each of `milestones`).", "choice", choices=("warmup_cosine", "warmup_poly", "step"),
         says="is not supported; valid: {list}"),
-    Key("recipe.schedule.warmup_epochs", "warmup_cosine: the linear warmup's epochs.", "number"),
+    Key("recipe.schedule.warmup_epochs", "warmup_cosine / warmup_poly: the linear warmup's epochs.", "number"),
+    Key("recipe.schedule.warmup_steps", "warmup_cosine / warmup_poly: the linear warmup in optimizer steps instead "
+        "of `warmup_epochs` (ADE20K's 1,500); `null`: `warmup_epochs`.", "int", nullable=True),
+    Key("recipe.schedule.power", "warmup_poly: the polynomial decay's power (1: linear to `min_lr`).", "number",
+        default=1.0),
     Key("recipe.schedule.warmup_start_lr", "warmup_cosine: the learning rate the warmup starts from.", "number"),
     Key("recipe.schedule.min_lr", "warmup_cosine: the learning rate the cosine decays to.", "number"),
     Key("recipe.schedule.milestones", "step: the epochs at which the learning rate is multiplied by `gamma`.",
@@ -473,7 +512,7 @@ def _check_optimizer(opt: Mapping[str, Any]) -> None:
 
 # --- the reference (docs/config.md) -------------------------------------------------------------
 
-SECTIONS = {"": "The rung and the run", "model": "Model", "data": "Data", "recipe": "Recipe", "trainer": "Trainer",
+SECTIONS = {"": "The rung and the run", "model": "Model", "task": "Task", "data": "Data", "recipe": "Recipe", "trainer": "Trainer",
             "logger": "Logging"}
 HEADER = """<!-- Generated by `python -m roadmap.schema > docs/config.md` from roadmap/schema.py and
 roadmap/model/config.py; tests/test_config_reference.py keeps them equal. Edit those, not this file. -->

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import OmegaConf
 
+from roadmap import schema
 from roadmap.data import augment_on, decode_on
 from roadmap.model import factory
-from roadmap.plan import CUDA_GRAPH_MODES, RunConfigError, RunPlan, compile_mode
+from roadmap.plan import RunConfigError, RunPlan, compile_mode
 from roadmap.results import config_hash, git_commit, train_loss_sum
 from roadmap.rundir import CHECKPOINT_FILE, LOGS_DIR, RUN_LOG
+from roadmap.tasks import METRICS, headline, task_name
 
 if TYPE_CHECKING:
     import lightning as L
@@ -51,8 +53,8 @@ class Parts:
 def build_parts(plan: RunPlan) -> Parts:
     from lightning.fabric.utilities.seed import seed_everything
 
-    from roadmap.data import build_datamodule
     from roadmap.model.complexity import complexity
+    from roadmap.tasks import build_task_datamodule, build_task_model
 
     cfg = plan.cfg
     seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -64,11 +66,12 @@ def build_parts(plan: RunPlan) -> Parts:
         raise RunConfigError(f"model._target_={factory.target(cfg.model)} cannot take {cfg.data.image_size}px "
                              f"images (data.image_size): {str(error).splitlines()[0]}") from error
     gmacs_224 = complexity(model, 224)["gmacs"]
+    model = build_task_model(cfg, model)  # a downstream task's head on the rung (with init_from's weights)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.trainer.compile:
         model.compile(mode=compile_mode(cfg))
-    datamodule = build_datamodule(cfg, per_device_batch=plan.per_device_batch)
+    datamodule = build_task_datamodule(cfg, plan.per_device_batch)
     if is_rank_zero():  # other DDP ranks start once rank 0 has checked (and downloaded) the data
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -150,7 +153,8 @@ def build_trainer(plan: RunPlan, work: Path, callbacks: list[Any], logger: Any, 
         num_nodes=int(cfg.trainer.num_nodes),
         strategy=cfg.trainer.strategy,
         precision=cfg.trainer.precision,
-        max_epochs=int(cfg.recipe.epochs),
+        max_epochs=-1 if schema.value(cfg.recipe, "recipe.max_steps") else int(cfg.recipe.epochs),
+        max_steps=schema.value(cfg.recipe, "recipe.max_steps") or -1,
         accumulate_grad_batches=plan.accumulate,
         sync_batchnorm=bool(cfg.trainer.sync_batchnorm),
         gradient_clip_val=cfg.recipe.grad_clip,
@@ -217,14 +221,10 @@ def startup_lines(plan: RunPlan, parts: Parts, action: str) -> list[str]:
 def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState) -> dict[str, Any] | None:
     """Fit (from work/last.ckpt when resuming) and evaluate; returns the result record on rank 0,
     None on the other ranks."""
-    from roadmap.classifier import Classifier
+    from roadmap.tasks import build_task_module
 
     cfg = plan.cfg
-    module = Classifier(
-        parts.model, OmegaConf.to_container(cfg.recipe), plan.num_classes, lr=plan.lr,
-        channels_last=bool(cfg.trainer.channels_last),
-        cuda_graphs=bool(cfg.trainer.compile) and compile_mode(cfg) in CUDA_GRAPH_MODES,
-    )
+    module = build_task_module(plan, parts)
     summary = startup_lines(plan, parts, action) if is_rank_zero() else None  # other ranks hold no data yet
     metrics, callbacks = run_callbacks(plan, work, state, summary)
     # run.log is always there; the run's own files are what matter, and it never overwrites them.
@@ -243,7 +243,9 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
     state.commit(trainer)
     final: dict[str, Any] = {}
     trained = trainer.global_step != (state.loaded_optimizer_step or 0)
-    if parts.datamodule.validates and (not trained or int(cfg.recipe.epochs) % int(cfg.trainer.check_val_every_n_epoch)):
+    by_steps = schema.value(cfg.recipe, "recipe.max_steps") is not None  # its last epoch may end between validations
+    every = int(cfg.trainer.check_val_every_n_epoch)
+    if parts.datamodule.validates and (not trained or by_steps or int(cfg.recipe.epochs) % every):
         trainer.validate(module, datamodule=parts.datamodule, verbose=False)  # every rank: it syncs
         final = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if not trainer.is_global_zero:
@@ -257,8 +259,9 @@ def result_record(plan: RunPlan, parts: Parts, history: list[dict[str, Any]], fi
     `final`, an evaluation of the final model when its last epoch had no validation."""
     final = {**(history[-1] if history else {}), **final}
     validated = parts.datamodule.validates
-    if final.get("val/top1") is None and validated:
-        raise RuntimeError("the run ended without a validation accuracy (trainer.limit_val_batches=0?)")
+    task = task_name(plan.cfg)
+    if final.get(f"val/{headline(task)}") is None and validated:
+        raise RuntimeError(f"the run ended without a validation {headline(task)} (trainer.limit_val_batches=0?)")
 
     def best(key: str) -> float | None:
         values = [r[key] for r in history if r.get(key) is not None]
@@ -274,6 +277,7 @@ def result_record(plan: RunPlan, parts: Parts, history: list[dict[str, Any]], fi
         "top5_ema": final.get("val/top5_ema"),
         "top1_max": best("val/top1") or final.get("val/top1"),
         "top1_ema_max": best("val/top1_ema") or final.get("val/top1_ema"),
+        **{name: final.get(f"val/{name}") for name in METRICS[task] if task != "classification"},
         "train_loss_sum": train_loss_sum(history),
         "val_loss": final.get("val/loss"),
         "optimizer_steps": optimizer_steps,
@@ -302,6 +306,7 @@ def run_fields(plan: RunPlan) -> dict[str, Any]:
     cfg = plan.cfg
     return {
         "experiment": cfg.experiment_name,
+        "task": task_name(cfg),
         "regime": cfg.regime.name,
         "step": cfg.step,
         "variant": cfg.variant,

@@ -46,6 +46,10 @@ CASES = {
         ["--size", "32", "--batch", "2", "--rungs", "resnet50,gelu", "--no-references", "--channels-last", "--rss",
          "--precision", "bf16"],
     ],
+    "downstream.py": [  # both heads on a quarter-width ConvNeXt-T, one step each (batch 2: the PSP's 1x1 BatchNorm)
+        ["--size", "64", "--batch", "2", "--boxes", "2", "--rounds", "1", "--warmup", "0", "--width-mult", "0.25",
+         "--decoder-channels", "32", "--fpn-channels", "32"],
+    ],
     "proxy_epoch.py": [  # both settings' epochs and the profile in one case (each epoch a process)
         ["--rungs", "patchify_stem", "--rounds", "1", "--train-batches", "1", "--val-batches", "1", "--workers", "0",
          "--profile-images", "4", "--profile-steps", "1", "--data-root", str(DATA / "imagenette2-64-mini")],

@@ -62,7 +62,7 @@ def test_defaults_are_valid_and_legacy_values_are_the_defaults() -> None:
 @pytest.mark.parametrize("override, says", [
     ("data.in_memory=yes", "data.in_memory='yes' must be one of auto, true, false."),
     ("data.augment_on=tpu", "data.augment_on='tpu' must be one of ('cpu', 'gpu')"),
-    ("+recipe.schedule.name=linear", "recipe.schedule.name='linear' is not supported; valid: ['warmup_cosine', 'step']"),
+    ("+recipe.schedule.name=linear", "recipe.schedule.name='linear' is not supported; valid: ['warmup_cosine', 'warmup_poly', 'step']"),
     ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0 must be an integer >= 1"),
     ("trainer.compile=ture", "trainer.compile='ture' must be true or false"),
     ("recipe.grad_clip=-1", "recipe.grad_clip=-1 must be a number >= 0 or null"),

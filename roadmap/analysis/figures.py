@@ -21,7 +21,7 @@ from roadmap.analysis.tables import DEFAULT_REGIME, FAMILY_REGIME, paper_figures
 from roadmap.ladder import known_regime, load_regime
 from roadmap.rundir import METRICS_FILE
 
-FIGURES = ("ladder", "top1_vs_gmacs", "top1_vs_throughput", "curves", "dynamics")
+FIGURES = ("ladder", "top1_vs_gmacs", "top1_vs_throughput", "curves", "dynamics")  # and `downstream` for a task
 OURS_COLOR = "tab:blue"
 PAPER_COLOR = "tab:orange"
 PAPER_22K_COLOR = "tab:red"
@@ -265,12 +265,52 @@ def dynamics_figure(curves: pd.DataFrame, regime: str = DEFAULT_REGIME, seed: in
     return fig
 
 
+DOWNSTREAM_PANELS = {"detection": (("ap_box", "AP$^{box}$"), ("ap_mask", "AP$^{mask}$")),
+                     "segmentation": (("miou", "mIoU (single-scale)"),)}
+
+
+def downstream_figure(runs: pd.DataFrame, task: str, title: str = "") -> Figure:
+    """The downstream ladder: per rung (ladder order), the task's metrics (mean ± std over seeds, each seed
+    a dot) beside the ImageNet top-1 of the classification runs they started from (`init_top1`), with the
+    paper's ConvNeXt-T figure as the endpoint (a dashed line: its full-scale setting, not this run's)."""
+    from roadmap.reference import PAPER_DOWNSTREAM
+
+    panels = [*DOWNSTREAM_PANELS[task], ("init_top1", "top-1 of the classification run it starts from")]
+    fig = Figure(figsize=(5 * len(panels), 4.5), layout="constrained")
+    fig.suptitle(title or f"downstream ladder ({task})")
+    rungs = runs.sort_values("order").drop_duplicates("step")["step"].tolist()
+    x = {step: i for i, step in enumerate(rungs)}
+    for ax, (column, label) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        values = runs[["step", column]].dropna() if column in runs else pd.DataFrame(columns=["step", column])
+        if values.empty:
+            ax.text(0.5, 0.5, f"no {column} in these runs", ha="center", va="center", color="grey",
+                    transform=ax.transAxes)
+        else:
+            ax.scatter([x[s] for s in values["step"]], values[column], color=OURS_COLOR, s=12, alpha=0.5)
+            stats = values.groupby("step")[column].agg(["mean", "std"]).reindex(rungs)
+            ax.errorbar(range(len(rungs)), stats["mean"], yerr=stats["std"].fillna(0), color=OURS_COLOR, marker="o",
+                        capsize=3, label="ours, mean ± std over seeds")
+        paper = PAPER_DOWNSTREAM.get(task, {}).get(column)
+        if paper is not None:
+            ax.axhline(paper, color=PAPER_COLOR, linestyle="--", linewidth=1,
+                       label=f"paper, ConvNeXt-T at full scale: {paper}")
+        ax.set_xticks(range(len(rungs)), rungs, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(f"{label} (%)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return fig
+
+
 def report_figures(data: ReportData) -> dict[str, Figure]:
     """Every figure of the report, keyed by file stem (`ladder`, …; `_<regime>` outside r50)."""
     figures = {}
     for regime in data.regimes:
         suffix, name = regime_suffix(regime), f"{data.name} ({regime})"
         table = data.ladder(regime)
+        if data.task != "classification":
+            figures[f"downstream{suffix}"] = downstream_figure(data.plain_runs(regime), data.task,
+                                                               title=f"{name}: the downstream ladder ({data.task})")
         figures[f"ladder{suffix}"] = ladder_figure(table, title=f"{name}: ours vs the paper's Figure 2")
         figures[f"top1_vs_gmacs{suffix}"] = top1_vs_gmacs_figure(table, data.image_size, title=name)
         figures[f"top1_vs_throughput{suffix}"] = top1_vs_throughput_figure(table, title=name)

@@ -44,6 +44,12 @@ class ReportData:
         return runs[(runs["regime"] == regime) & (runs["status"] == "completed") & runs["variant"].isna()]
 
     @property
+    def task(self) -> str:
+        """The runs' task (`task.name`): classification for runs recorded before tasks existed."""
+        tasks = set(self.results.get("task", pd.Series(dtype=str)).dropna())
+        return tasks.pop() if len(tasks) == 1 else "classification"
+
+    @property
     def name(self) -> str:
         return self.experiment_dir.name
 

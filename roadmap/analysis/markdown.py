@@ -27,6 +27,25 @@ def status_note(data: ReportData, regime: str = DEFAULT_REGIME) -> str:
     return f"{data.name} ({regime}): {total - len(missing)} of {total} adopted rungs have results; missing: {', '.join(missing)}."
 
 
+def downstream_table(runs: pd.DataFrame, task: str) -> str:
+    """The downstream ladder in markdown: per rung (ladder order), the task's metrics (mean ± std (n) over
+    seeds) and the top-1 of the classification runs they started from; the paper's ConvNeXt-T last."""
+    from roadmap.reference import PAPER_DOWNSTREAM
+    from roadmap.tasks import METRICS
+
+    columns = [m for m in METRICS[task] if m in runs and runs[m].notna().any()] or list(METRICS[task][:1])
+    lines = [f"| step | {' | '.join(columns)} | top-1 it started from |", "|---" * (len(columns) + 2) + "|"]
+    for step, group in runs.sort_values("order").groupby("step", sort=False):
+        cells = [mean_std(group[c].mean(), group[c].std(), group[c].notna().sum()) if c in group else "–"
+                 for c in columns]
+        source = group["init_top1"].mean() if "init_top1" in group else float("nan")
+        lines.append(f"| `{step}` | {' | '.join(cells)} | {num(source)} |")
+    paper = PAPER_DOWNSTREAM.get(task, {})
+    lines.append(f"| paper: ConvNeXt-T, full scale | {' | '.join(num(paper.get(c)) for c in columns)} "
+                 f"| {num(paper.get('init_top1'))} |")
+    return "\n".join(lines)
+
+
 def markdown_table(table: pd.DataFrame, image_size: int | None = None, runs: pd.DataFrame | None = None) -> str:
     """A ladder table (`ladder_table`) in markdown (ours beside the paper's, gains over the parent
     rung), then the Spearman rank correlation and the gain-sign agreement, and the agreement table
@@ -140,6 +159,10 @@ def markdown_report(data: ReportData, figure_format: str | None = "png") -> str:
     for regime in data.regimes:
         suffix = regime_suffix(regime)
         parts += ["", f"## {regime}", "", status_note(data, regime), ""]
+        if data.task != "classification":
+            if figure_format:
+                parts += [f"![downstream](downstream{suffix}.{figure_format})", ""]
+            parts += [downstream_table(data.plain_runs(regime), data.task), ""]
         if figure_format:
             parts += [f"![{name}]({name}{suffix}.{figure_format})" for name in FIGURES] + [""]
         parts.append(markdown_table(data.ladder(regime), data.image_size, data.plain_runs(regime)))

@@ -26,6 +26,8 @@ def load_results(folder: Path, runs: list[RunDir] | None = None) -> pd.DataFrame
                 history = read_history(run.path)
                 row["train_loss_sum"] = row.get("train_loss_sum") or train_loss_sum(history)
                 row["val_loss"] = row.get("val_loss") or final_val_loss(history)
+            if row.get("task") not in (None, "classification") and row.get("init_from"):
+                row["init_top1"] = _source_top1(Path(row["init_from"]))
             rows.append(row)
     columns = RESULT_FIELDS + sorted({k for r in rows for k in r} - set(RESULT_FIELDS))
     table = pd.DataFrame(rows, columns=columns)
@@ -39,6 +41,19 @@ def load_results(folder: Path, runs: list[RunDir] | None = None) -> pd.DataFrame
     return table.sort_values(["regime", "order", "variant", "seed"], na_position="first").reset_index(drop=True)
 
 
+# The downstream tasks' headline metrics, summarized like top-1 (null for classification runs).
+DOWNSTREAM_SUMMARY = ("ap_box", "ap_mask", "miou")
+
+
+def _source_top1(init_from: Path) -> float | None:
+    """The top-1 of the classification run a downstream run started from (its last.ckpt's run), if recorded."""
+    try:
+        source = read_result(init_from.parent if init_from.is_file() or init_from.suffix else init_from)
+    except ValueError:
+        return None
+    return None if source is None else source.get("top1")
+
+
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """Per rung (regime, step, variant): mean, std and n over completed seeds."""
     done = results[results["status"] == "completed"].copy()
@@ -49,6 +64,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
         .agg(
             top1_mean=("top1", "mean"), top1_std=("top1", "std"), n=("top1", "size"),
             top1_ema_mean=("top1_ema", "mean"), top1_ema_std=("top1_ema", "std"),
+            **{f"{m}_{stat}": (m, stat) for m in DOWNSTREAM_SUMMARY for stat in ("mean", "std")},
             train_loss_sum_mean=("train_loss_sum", "mean"), val_loss_mean=("val_loss", "mean"),
             params=("params", "first"), gmacs=("gmacs", "first"), gmacs_224=("gmacs_224", "first"),
             train_img_per_s=("train_img_per_s", "mean"),

@@ -28,6 +28,7 @@ class Backbone(nn.Module):
             raise ValueError(f"out_indices={list(out_indices)}: stage indices in 0..{len(net.stages) - 1}")
         self.stem, self.stages = net.stem, net.stages[: max(out_indices) + 1]
         self.out_indices = tuple(out_indices)
+        self.depths = list(net.cfg.depths)  # the rung's stages, for layer-wise lr decay
         self.out_channels = [net.cfg.block_out_widths()[i] for i in self.out_indices]
         self.strides = [4 * 2**i for i in self.out_indices]
         norms = net.cfg.norm == "layer" if output_norms is None else output_norms

@@ -26,6 +26,16 @@ CITATION = (
 )
 
 
+# ConvNeXt-T (ImageNet-1K weights, top-1 82.1: `init_top1`) as a backbone, the downstream ladder's endpoint:
+# Mask R-CNN 3x on COCO (Table 3) and UperNet 160k on ADE20K (Table 4, single-scale and multi-scale + flip);
+# family.md and family.csv.
+PAPER_DOWNSTREAM = {
+    "detection": {"ap_box": 46.2, "ap_box_50": 67.9, "ap_box_75": 50.8, "ap_mask": 41.7, "ap_mask_50": 65.0,
+                  "ap_mask_75": 44.9, "init_top1": 82.1},
+    "segmentation": {"miou": 46.0, "miou_ms": 46.7, "init_top1": 82.1},
+}
+
+
 def paper_ladder(regime: str | None = None) -> pd.DataFrame:
     """One row per rung: regime, order, step, title, adopted (yes/no/ref), paper_top1,
     paper_top1_std, paper_gflops, note. `regime` filters to "r50" or "r200"."""
