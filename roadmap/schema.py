@@ -260,6 +260,9 @@ KEYS: dict[str, Key] = _keys(
         "`min_size`); the long side stays ≤ `task.max_size`. Evaluation uses `data.image_size`.", "list",
         item="int", default=[800], values="a list of sizes"),
     Key("task.max_size", "detection: the longest side after resizing.", "int", minimum=1, default=1333),
+    Key("task.eval_train", "detection: each validation also scores the training images (unflipped, as val2017): "
+        "result.json's `ap_box_train` and `ap_mask_train`, whether the wiring learns on a few images. " + UNHASHED,
+        "choice", choices=(False, True), default=False, hashed=False),
     Key("task.decoder_channels", "segmentation: UperNet's decoder channels.", "int", minimum=1, default=512),
     Key("task.aux_weight", "segmentation: the FCN auxiliary head's loss weight (stage 3); 0: no auxiliary head.",
         "number", default=0.4),

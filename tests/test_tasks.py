@@ -49,7 +49,8 @@ def _result(out: Path, experiment: str, step: str) -> dict:
 
 def test_detection_starts_from_the_named_experiments_run_and_records_ap(classification: Path) -> None:
     out = classification
-    proc = run_cli(["step=resnet50", *DETECTION, "init_from=smoke", "experiment_name=det"], out, cwd=out)
+    proc = run_cli(["step=resnet50", *DETECTION, "init_from=smoke", "experiment_name=det", "task.eval_train=true"],
+                   out, cwd=out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = _result(out, "det", "resnet50")
     assert result["status"] == "completed" and result["task"] == "detection" and result["top1"] is None
@@ -57,6 +58,7 @@ def test_detection_starts_from_the_named_experiments_run_and_records_ap(classifi
     for key in ("ap_box", "ap_box_50", "ap_box_75", "ap_mask", "ap_mask_50", "ap_mask_75"):
         assert 0 <= result[key] <= 100, key
     assert result["miou"] is None and result["dataset"] == "coco"
+    assert 0 <= result["ap_box_train"] <= 100 and 0 <= result["ap_mask_train"] <= 100  # the training images, scored
     header = (out / "det" / "r50" / "resnet50" / "seed0" / "metrics.csv").read_text().splitlines()[0]
     assert "val/ap_box" in header and "val/ap_mask" in header
     results, summary = collect(out / "det")

@@ -15,7 +15,8 @@ TASKS = ("classification", "detection", "segmentation")
 METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("top1",),
     "detection": ("ap_box", "ap_box_50", "ap_box_75", "ap_mask", "ap_mask_50", "ap_mask_75",
-                  "ap_box_s", "ap_box_m", "ap_box_l", "ap_mask_s", "ap_mask_m", "ap_mask_l"),
+                  "ap_box_s", "ap_box_m", "ap_box_l", "ap_mask_s", "ap_mask_m", "ap_mask_l",
+                  "ap_box_train", "ap_mask_train"),  # task.eval_train: the training images, scored as val
     "segmentation": ("miou", "aacc", "miou_ms"),
 }
 # The data sets each task reads (data.name).
@@ -97,7 +98,7 @@ def build_task_datamodule(cfg: Any, per_device_batch: int) -> Any:
     if task == "detection":
         from roadmap.tasks.detection import CocoDataModule
 
-        return CocoDataModule(cfg.data, per_device_batch, workers)
+        return CocoDataModule(cfg.data, per_device_batch, workers, bool(schema.value(cfg.task, "task.eval_train")))
     from roadmap.tasks.segmentation import ScenesDataModule
 
     return ScenesDataModule(cfg.data, cfg.task, cfg.recipe.augment, per_device_batch, workers)
@@ -112,7 +113,7 @@ def build_task_module(plan: Any, parts: Any) -> Any:
     if task == "detection":
         from roadmap.tasks.detection import Detector
 
-        return Detector(parts.model, recipe, plan.lr, int(cfg.data.image_size), parts.datamodule.val_set)
+        return Detector(parts.model, recipe, plan.lr, int(cfg.data.image_size), parts.datamodule.eval_sets())
     if task == "segmentation":
         from roadmap.tasks.segmentation import Segmenter
 

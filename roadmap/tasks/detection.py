@@ -55,9 +55,10 @@ class CocoDataModule(TaskDataModule):
 
     collate_fn = staticmethod(collate_detection)
 
-    def __init__(self, data_cfg: Mapping[str, Any], per_device_batch: int, num_workers: int) -> None:
+    def __init__(self, data_cfg: Mapping[str, Any], per_device_batch: int, num_workers: int,
+                 eval_train: bool = False) -> None:
         super().__init__(per_device_batch, num_workers)
-        self.data_cfg = data_cfg
+        self.data_cfg, self.eval_train = data_cfg, eval_train
 
     def build(self) -> tuple[Dataset, Any]:
         from roadmap.data.coco import CocoInstances
@@ -71,18 +72,31 @@ class CocoDataModule(TaskDataModule):
             raise DataError(f"data.root={self.data_cfg['root']}: the training annotations list no objects")
         return Transformed(train, RandomHorizontalFlip()), val
 
+    def eval_sets(self) -> dict[str, Any]:
+        """What each validation scores, by metric suffix: val2017 (""), and with task.eval_train the
+        training images as they are ("_train")."""
+        sets = {"": self.val_set}
+        if self.eval_train:
+            sets["_train"] = self.train_set.dataset
+        return sets
+
+    def val_dataloader(self) -> Any:
+        loaders = [self._loader(dataset, train=False) for dataset in self.eval_sets().values()]
+        return loaders if len(loaders) > 1 else loaders[0]
+
 
 class Detector(L.LightningModule):
-    """Trains `model` (a RungMaskRCNN) with the recipe's optimizer and schedule; evaluates on `val_set`
-    at the short side `eval_size` (training draws its short sides from the model's `min_size`)."""
+    """Trains `model` (a RungMaskRCNN) with the recipe's optimizer and schedule; scores each of `eval_sets`
+    (metric suffix → CocoInstances split, the datamodule's loaders in order) at the short side `eval_size`
+    (training draws its short sides from the model's `min_size`)."""
 
     def __init__(self, model: torch.nn.Module, recipe: dict[str, Any], lr: float, eval_size: int,
-                 val_set: Any = None) -> None:
+                 eval_sets: dict[str, Any]) -> None:
         super().__init__()
         self.model, self.recipe, self.lr = model, recipe, lr
         self.train_sizes, self.eval_size = tuple(model.transform.min_size), eval_size
-        self.val_set = val_set
-        self.evaluator: Any = None
+        self.eval_sets = eval_sets
+        self.evaluators: list[Any] = []
         self.finite_loss = FiniteLossCheck()
 
     def on_train_epoch_start(self) -> None:
@@ -105,26 +119,31 @@ class Detector(L.LightningModule):
         from roadmap.evaluation.coco import CocoEvaluator
 
         self.model.transform.min_size = (self.eval_size,)
-        if self.evaluator is None:
-            self.evaluator = CocoEvaluator(self.val_set)
-        self.evaluator.reset()
+        if not self.evaluators:
+            self.evaluators = [CocoEvaluator(dataset) for dataset in self.eval_sets.values()]
+        for evaluator in self.evaluators:
+            evaluator.reset()
 
-    def validation_step(self, batch: tuple[list, list], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[list, list], batch_idx: int, dataloader_idx: int = 0) -> None:
         images, targets = batch
         outputs = self.model(images)
-        self.evaluator.update([int(t["image_id"]) for t in targets],
-                              [{k: v.detach().cpu() for k, v in o.items()} for o in outputs])
+        self.evaluators[dataloader_idx].update([int(t["image_id"]) for t in targets],
+                                               [{k: v.detach().cpu() for k, v in o.items()} for o in outputs])
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.world_size > 1:  # every rank scores every rank's detections (the same figures)
-            gathered: list[Any] = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, (self.evaluator.image_ids(), self.evaluator.detections()))
-            self.evaluator.reset()
-            for image_ids, detections in gathered:
-                self.evaluator.add(detections, image_ids)
-        for name, value in self.evaluator.compute().items():
-            if value is not None:
-                self.log(f"val/{name}", float(value), prog_bar=name == "ap_box")
+        for suffix, evaluator in zip(self.eval_sets, self.evaluators):
+            if self.trainer.world_size > 1:  # every rank scores every rank's detections (the same figures)
+                gathered: list[Any] = [None] * self.trainer.world_size
+                torch.distributed.all_gather_object(gathered, (evaluator.image_ids(), evaluator.detections()))
+                evaluator.reset()
+                for image_ids, detections in gathered:
+                    evaluator.add(detections, image_ids)
+            if not evaluator.image_ids():  # trainer.limit_val_batches left this set out
+                continue
+            for name, value in evaluator.compute().items():
+                if value is not None and (not suffix or name in ("ap_box", "ap_mask")):
+                    self.log(f"val/{name}{suffix}", float(value), prog_bar=name == "ap_box" and not suffix,
+                             add_dataloader_idx=False)
         self.model.transform.min_size = self.train_sizes
 
     def configure_optimizers(self) -> dict[str, Any]:
