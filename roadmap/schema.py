@@ -260,6 +260,9 @@ KEYS: dict[str, Key] = _keys(
         "`min_size`); the long side stays ≤ `task.max_size`. Evaluation uses `data.image_size`.", "list",
         item="int", default=[800], values="a list of sizes"),
     Key("task.max_size", "detection: the longest side after resizing.", "int", minimum=1, default=1333),
+    Key("task.detector_options", "detection: more arguments of torchvision's `MaskRCNN` (its defaults are the "
+        "paper's Mask R-CNN), e.g. `{box_batch_size_per_image: 128, rpn_post_nms_top_n_test: 300}` for a CPU.",
+        default={}, values="a mapping of MaskRCNN's arguments"),
     Key("task.eval_train", "detection: each validation also scores the training images (unflipped, as val2017): "
         "result.json's `ap_box_train` and `ap_mask_train`, whether the wiring learns on a few images. " + UNHASHED,
         "choice", choices=(False, True), default=False, hashed=False),

@@ -68,7 +68,8 @@ def build_task_model(cfg: Any, net: Any) -> Any:
         return mask_rcnn(net, num_classes + 1, fpn_channels=int(schema.value(options, "task.fpn_channels")),
                          frozen_bn=frozen_bn, min_size=tuple(schema.value(options, "task.train_sizes")),
                          max_size=int(schema.value(options, "task.max_size")),
-                         image_mean=list(augment.mean), image_std=list(augment.std))
+                         image_mean=list(augment.mean), image_std=list(augment.std),
+                         **dict(schema.value(options, "task.detector_options")))
     try:
         from roadmap.model.segmentation import upernet
     except ImportError as error:
