@@ -16,11 +16,13 @@ REGIME_STEP = {"r200": "resnet200", "bag_of_tricks": "mixup"}
 
 
 def leaves(node: dict, prefix: str = "") -> set[str]:
-    """The dotted keys of a config, the model and regime blocks as one key each."""
+    """The dotted keys of a config, the model and regime blocks and a key whose value is a mapping
+    (task.detector_options) as one key each."""
     found = set()
     for key, value in node.items():
         name = f"{prefix}{key}"
-        found |= leaves(value, name + ".") if isinstance(value, dict) and name not in schema.BLOCKS else {name}
+        whole = name in schema.BLOCKS or name in schema.KEYS
+        found |= leaves(value, name + ".") if isinstance(value, dict) and not whole else {name}
     return found
 
 
