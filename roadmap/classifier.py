@@ -13,7 +13,12 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 from torchmetrics.classification import MulticlassAccuracy
 
-from roadmap.recipe import build_mixup, build_train_loss, optimizer_and_schedule, scaled_lr
+from roadmap.recipe import (
+    build_mixup,
+    build_train_loss,
+    optimizer_and_schedule,
+    scaled_lr,
+)
 
 log = logging.getLogger("roadmap.classifier")
 
@@ -79,6 +84,15 @@ class FiniteLossCheck:
         first = ~torch.isfinite(loss) & (self.step < 0)
         self.step = torch.where(first, global_step, self.step)
         self.value = torch.where(first, loss, self.value)
+
+    def watch(self, loss: torch.Tensor, module: L.LightningModule, batch_idx: int) -> None:
+        """A training step's loss: recorded at once, checked at the module's log steps and at its
+        epoch's last batch (every step without a trainer)."""
+        self.record(loss, module.global_step)
+        trainer = module._trainer
+        every = trainer.log_every_n_steps if trainer is not None else 1
+        if trainer is None or (batch_idx + 1) % every == 0 or trainer.is_last_batch:
+            self.check(module.current_epoch, every)
 
     def check(self, epoch: int, every: int) -> None:
         if self.step is None or (step := int(self.step)) < 0:
@@ -167,10 +181,7 @@ class Classifier(L.LightningModule):
         # Nothing here reads a device value (each read waits for the GPU): the loss is checked at log
         # steps and each epoch's last batch, and logged without prog_bar (Lightning converts progress-bar
         # values to numbers after every batch).
-        self.finite_loss.record(loss, self.global_step)
-        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
-        if self._trainer is None or (batch_idx + 1) % every == 0 or self.trainer.is_last_batch:
-            self.finite_loss.check(self.current_epoch, every)
+        self.finite_loss.watch(loss, self, batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True)
         return loss
 

@@ -46,9 +46,10 @@ DOWNSTREAM_SUMMARY = ("ap_box", "ap_mask", "miou")
 
 
 def _source_top1(init_from: Path) -> float | None:
-    """The top-1 of the classification run a downstream run started from (its last.ckpt's run), if recorded."""
+    """The top-1 of the classification run a downstream run started from (result.json records the file it
+    read: a run's last.ckpt), if recorded."""
     try:
-        source = read_result(init_from.parent if init_from.is_file() or init_from.suffix else init_from)
+        source = read_result(init_from.parent)
     except ValueError:
         return None
     return None if source is None else source.get("top1")

@@ -16,12 +16,14 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
 from torch import nn
 
+from roadmap.data.ade20k import (
+    IGNORE_INDEX,  # unlabelled pixels (reduce_zero_label, the crops' padding)
+)
 from roadmap.model.backbone import Backbone
 from roadmap.model.detection import backbone_group_matcher
 from roadmap.model.net import RoadmapNet
 
 AUX_LOSS_WEIGHT = 0.4  # the FCN auxiliary head's loss weight (mmseg's ConvNeXt UperNet configs)
-IGNORE_INDEX = 255  # unlabelled pixels (ADE20K with reduce_zero_label, the crops' padding)
 
 
 class FCNHead(nn.Sequential):

@@ -20,8 +20,10 @@ METRICS: dict[str, tuple[str, ...]] = {
     "segmentation": ("miou", "aacc", "miou_ms"),
 }
 # The data sets each task reads (data.name).
-DATASETS = {"classification": ("imagenet", "imagenet22k", "imagenette", "cifar10", "cifar100", "synthetic"),
-            "detection": ("coco",), "segmentation": ("ade20k",)}
+DOWNSTREAM_DATASETS = {"detection": ("coco",), "segmentation": ("ade20k",)}
+DATASETS = {"classification": tuple(name for name in schema.KEYS["data.name"].choices
+                                    if not any(name in names for names in DOWNSTREAM_DATASETS.values())),
+            **DOWNSTREAM_DATASETS}
 
 
 def task_name(cfg: Mapping[str, Any]) -> str:

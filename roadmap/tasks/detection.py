@@ -106,10 +106,7 @@ class Detector(L.LightningModule):
         images, targets = batch
         losses = self.model(images, [{k: t[k] for k in ("boxes", "labels", "masks")} for t in targets])
         loss = sum(losses.values())
-        self.finite_loss.record(loss, self.global_step)
-        every = self.trainer.log_every_n_steps
-        if (batch_idx + 1) % every == 0 or self.trainer.is_last_batch:
-            self.finite_loss.check(self.current_epoch, every)
+        self.finite_loss.watch(loss, self, batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(images))
         for name, value in losses.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=len(images))

@@ -64,10 +64,7 @@ class Segmenter(L.LightningModule):
 
         images, labels = batch
         loss = segmentation_loss(self.model(images), labels, self.aux_weight, IGNORE_INDEX)
-        self.finite_loss.record(loss, self.global_step)
-        every = self.trainer.log_every_n_steps
-        if (batch_idx + 1) % every == 0 or self.trainer.is_last_batch:
-            self.finite_loss.check(self.current_epoch, every)
+        self.finite_loss.watch(loss, self, batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(images))
         return loss
 
