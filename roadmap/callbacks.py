@@ -93,6 +93,19 @@ class EpochMetrics(L.Callback):
                  ", ".join(f"{k} {v:.4g}" for k, v in row.items()
                            if k not in ("epoch", "step") and not k.startswith(DYNAMICS_PREFIX) and v is not None))
 
+    def add_final_validation(self, final: dict[str, Any], optimizer_step: int) -> None:
+        """Write the validation run after the fit (its last epoch had none) into the last epoch's row,
+        so that the curves and the best top-1 include the model the result reports (rank 0)."""
+        history = self.history()
+        if not final or not history:
+            return
+        last = history[-1]
+        if int(last["step"]) == optimizer_step:
+            row = {**last, **final, "epoch": int(last["epoch"]), "step": optimizer_step}
+        else:  # a schedule in steps stopped inside an epoch, which has no row
+            row = {"epoch": int(last["epoch"]) + 1, "step": optimizer_step, **final}
+        write_epoch_row(self.path, row)
+
     def history(self) -> list[dict[str, Any]]:
         """Every epoch recorded in metrics.csv (`results.read_history`), or the rows of this attempt."""
         return read_history(self.path.parent) if self.path.is_file() else self.rows

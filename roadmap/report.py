@@ -4,7 +4,7 @@ Reads <output_root>/<experiment>/results.csv (collecting the run directories fir
 absent or older than a result.json) and every run's metrics.csv, and writes to `report_dir`
 (default <output_root>/<experiment>/report/): `ladder.md` and the figures `ladder`,
 `top1_vs_gmacs` (beside the paper's ConvNeXt family), `top1_vs_throughput`, `curves` and `dynamics`
-(and `compare`, with `compare=[…]`) in each of `formats` (png, svg). Regimes other than r50 get
+(and `variants` where runs have one, `compare` with `compare=[…]`) in each of `formats` (png, svg). Regimes other than r50 get
 their own files, suffixed `_<regime>`. Rungs that have not run yet appear with the paper's numbers
 alone. The work is `roadmap.analysis.write_report`; the notebooks in analysis/ call the same library.
 """

@@ -250,6 +250,7 @@ def train(plan: RunPlan, parts: Parts, work: Path, action: str, state: RunState)
         final = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if not trainer.is_global_zero:
         return None
+    metrics.add_final_validation(final, trainer.global_step)
     return result_record(plan, parts, metrics.history(), final, trainer.global_step, module.lr, wall, state)
 
 

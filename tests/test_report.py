@@ -236,10 +236,12 @@ def test_load_report_data_collects_in_memory(experiment_dir: Path) -> None:
 def test_write_report(experiment_dir: Path, tmp_path: Path) -> None:
     written = report.write_report(experiment_dir, tmp_path / "out", ["png", "svg"])
     names = sorted(p.name for p in written)
-    assert names == sorted([f"{f}.{x}" for f in report.FIGURES for x in ("png", "svg")] + ["ladder.md"])
+    figures = [*report.FIGURES, "variants"]  # the fixture has a variant
+    assert names == sorted([f"{f}.{x}" for f in figures for x in ("png", "svg")] + ["ladder.md"])
     assert all(p.stat().st_size > 1000 for p in written)
     markdown = (tmp_path / "out" / "ladder.md").read_text()
     assert "![ladder](ladder.png)" in markdown and "Runs: 7 completed." in markdown
+    assert "### Variants\n\n![variants](variants.png)" in markdown
     assert "| 60.50 ± 0.71 (2) |" in markdown and "`without_gelu`" in markdown
     assert (experiment_dir / "results.csv").is_file()  # collected on the way
 
@@ -286,8 +288,8 @@ def test_cli(experiment_dir: Path) -> None:
     assert done.returncode == 0, done.stderr
     out = experiment_dir / "report"
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{f}.{x}" for f in report.FIGURES for x in ("png", "svg")] + ["ladder.md"])
-    assert "11 files" in done.stdout
+        [f"{f}.{x}" for f in (*report.FIGURES, "variants") for x in ("png", "svg")] + ["ladder.md"])
+    assert "13 files" in done.stdout
 
 
 def test_compared_experiments_figure_and_table(experiment_dir: Path, tmp_path: Path) -> None:

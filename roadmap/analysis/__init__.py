@@ -16,7 +16,7 @@ from pathlib import Path
 
 from roadmap.analysis.figures import (
     FIGURES, curves_figure, dynamics_figure, ladder_figure, report_figures, save_figure, scatter_figure,
-    top1_vs_gmacs_figure, top1_vs_throughput_figure,
+    top1_vs_gmacs_figure, top1_vs_throughput_figure, variants_figure,
 )
 from roadmap.analysis.load import ReportData, load_curves, load_report_data
 from roadmap.analysis.markdown import markdown_report, markdown_table, status_note, variants_table
@@ -32,7 +32,7 @@ __all__ = [
     "load_curves", "load_report_data", "load_results", "markdown_report", "markdown_table", "missing_rungs",
     "ordered_pairs", "parent_step", "report_figures", "save_figure", "scatter_figure", "seed_spread", "spearman",
     "status_note", "study_table", "summarize", "top1_vs_gmacs_figure", "top1_vs_throughput_figure",
-    "variants_table", "write_report",
+    "variants_figure", "variants_table", "write_report",
 ]
 
 

@@ -21,7 +21,7 @@ from roadmap.analysis.tables import DEFAULT_REGIME, FAMILY_REGIME, paper_figures
 from roadmap.ladder import known_regime, load_regime
 from roadmap.rundir import METRICS_FILE
 
-FIGURES = ("ladder", "top1_vs_gmacs", "top1_vs_throughput", "curves", "dynamics")  # and `downstream` for a task
+FIGURES = ("ladder", "top1_vs_gmacs", "top1_vs_throughput", "curves", "dynamics")  # `downstream`, `variants` where they apply
 OURS_COLOR = "tab:blue"
 PAPER_COLOR = "tab:orange"
 PAPER_22K_COLOR = "tab:red"
@@ -302,6 +302,34 @@ def downstream_figure(runs: pd.DataFrame, task: str, title: str = "") -> Figure:
     return fig
 
 
+def variants_figure(runs: pd.DataFrame, title: str = "") -> Figure:
+    """A study's variants (e.g. pre-training and fine-tuning, leave-one-out): per variant its top-1
+    (mean ± std over seeds, each seed a dot), with the resolution and classes it was measured at,
+    its plain rung's runs (grey) above it. `runs`: `ReportData.variant_runs`."""
+    runs = runs.assign(variant=runs["variant"].where(runs["variant"].notna(), ""))
+    groups = list(runs.groupby(["order", "step", "variant"], sort=True))
+    fig = Figure(figsize=(9, 1.4 + 0.45 * len(groups)), layout="constrained")
+    ax = fig.subplots()
+    for y, ((_, step, variant), group) in enumerate(groups):
+        color = OURS_COLOR if variant else "grey"
+        mean, std = group["top1"].mean(), group["top1"].std()
+        ax.barh(y, mean, height=0.6, color=color, alpha=0.35, xerr=None if pd.isna(std) else std,
+                error_kw={"elinewidth": 1, "capsize": 3})
+        ax.scatter(group["top1"], [y] * len(group), color=color, s=14, zorder=3)
+        sizes = ", ".join(f"{int(v)} px" for v in group["image_size"].dropna().unique())
+        classes = ", ".join(f"{int(v)} classes" for v in group["num_classes"].dropna().unique())
+        seeds = f"{len(group)} seed{'s' if len(group) > 1 else ''}"
+        ax.text(max(group["top1"].max(), mean + (0 if pd.isna(std) else std)) + 1.5, y,
+                f"{mean:.2f}  ({sizes}, {classes}; {seeds})", va="center", fontsize=7)
+    ax.set_yticks(range(len(groups)), [f"{step} · {variant or 'plain rung'}" for (_, step, variant), _ in groups])
+    ax.set_ylim(len(groups) - 0.5, -0.5)
+    ax.set_xlim(0, max(100.0, runs["top1"].max() + 25) if len(runs) else 100.0)
+    ax.set_xlabel("ours: top-1 (%) at the run's resolution and classes, mean ± std over seeds (dots: seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title or "variants")
+    return fig
+
+
 def report_figures(data: ReportData) -> dict[str, Figure]:
     """Every figure of the report, keyed by file stem (`ladder`, …; `_<regime>` outside r50)."""
     figures = {}
@@ -316,6 +344,9 @@ def report_figures(data: ReportData) -> dict[str, Figure]:
         figures[f"top1_vs_throughput{suffix}"] = top1_vs_throughput_figure(table, title=name)
         figures[f"curves{suffix}"] = curves_figure(data.curves, regime, title=f"{name}: training curves, mean over seeds")
         figures[f"dynamics{suffix}"] = dynamics_figure(data.curves, regime, title=f"{name}: training dynamics, mean over seeds")
+        variants = data.variant_runs(regime)
+        if not variants.empty:
+            figures[f"variants{suffix}"] = variants_figure(variants, title=f"{name}: variants")
         if data.compared:
             figures[f"compare{suffix}"] = comparison_figure(compared_ladders(data, regime), title=f"{regime} ladders compared with the paper's")
     return figures

@@ -43,6 +43,15 @@ class ReportData:
             return runs
         return runs[(runs["regime"] == regime) & (runs["status"] == "completed") & runs["variant"].isna()]
 
+    def variant_runs(self, regime: str = DEFAULT_REGIME) -> pd.DataFrame:
+        """The regime's completed runs of the rungs that have variants, the plain ones among them; empty
+        when no run has a variant."""
+        runs = self.results
+        if runs.empty or runs["variant"].isna().all():
+            return runs.iloc[0:0]
+        runs = runs[(runs["regime"] == regime) & (runs["status"] == "completed")]
+        return runs[runs["step"].isin(runs.loc[runs["variant"].notna(), "step"])]
+
     @property
     def task(self) -> str:
         """The runs' task (`task.name`): classification for runs recorded before tasks existed."""

@@ -168,7 +168,10 @@ def markdown_report(data: ReportData, figure_format: str | None = "png") -> str:
         parts.append(markdown_table(data.ladder(regime), data.image_size, data.plain_runs(regime)))
         variants = variants_table(data.summary, regime)
         if variants:
-            parts += ["", "### Variants", "", variants]
+            parts += ["", "### Variants", ""]
+            if figure_format and not data.variant_runs(regime).empty:
+                parts += [f"![variants](variants{suffix}.{figure_format})", ""]
+            parts.append(variants)
         if data.control is not None:
             study = study_table(data.summary, data.control.summary, regime)
             parts += ["", f"### Factor study (control: {data.control.name})", "", study or "no variants yet."]
