@@ -1,4 +1,5 @@
-"""Every concrete command in the README, docs/ and the experiments' READMEs works as documented:
+"""Every concrete command in the README, docs/, the experiments' READMEs and the comments of conf/'s
+presets works as documented:
 its overrides compose (Hydra), name existing presets, rungs and keys, and pass the run's checks
 (`plan_run`) — without training. Synopses with placeholders (`<step>`, `[…]`, `…`) are skipped;
 the commands themselves run end to end at smoke size in test_run, test_sweep, test_report and test_ladder."""
@@ -19,6 +20,7 @@ from roadmap.shards import build_parser
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "experiments" / "README.md",
              *sorted((REPO / "experiments").glob("*/README.md"))]
+PRESETS = sorted((REPO / "conf").rglob("*.yaml"))  # their comments say how to run them
 CONFIG_OF = {"run": "train", "inspect": "inspect", "sweep": "sweep", "status": "status", "collect": "collect",
              "report": "report"}
 COMMAND = re.compile(r"python -m roadmap\.(\w+)(.*)")
@@ -42,10 +44,17 @@ def _is_synopsis(command: str, args: list[str]) -> bool:
         a.startswith("[") or "<" in a or "…" in a or "..." in a for a in args)
 
 
+def _commented_commands(text: str) -> list[str]:
+    """The comment lines of a YAML file that are a `python -m roadmap.…` command (not prose naming one)."""
+    lines = [line.strip().lstrip("#").strip() for line in text.splitlines() if line.strip().startswith("#")]
+    return [line for line in lines if line.startswith("python -m roadmap.")]
+
+
 def documented_commands() -> list[tuple[str, str, list[str]]]:
     found = {}
-    for document in DOCUMENTS:
-        for line in _commands(document.read_text()):
+    sources = [(d, _commands) for d in DOCUMENTS] + [(p, _commented_commands) for p in PRESETS]
+    for document, commands in sources:
+        for line in commands(document.read_text()):
             command, rest = COMMAND.match(line).groups()
             args = shlex.split(rest)
             if not _is_synopsis(command, args):
