@@ -50,3 +50,17 @@ def test_variants_are_drawn_beside_their_plain_rung_with_their_resolution_and_cl
 
     plain = ReportData(tmp_path, results[results["variant"].isna()], pd.DataFrame(), pd.DataFrame())
     assert plain.variant_runs("family").empty
+
+
+def test_a_downstream_runs_curves_are_its_own_metrics_where_it_has_them() -> None:
+    """Detection: AP box and mask on val, and on the training images only where task.eval_train scored them."""
+    from roadmap.analysis import curves_figure
+
+    curves = pd.DataFrame({"regime": "r50", "rung": "resnet50", "step": "resnet50", "variant": "", "seed": 0,
+                           "order": 0, "epoch": [0, 1], "val/top1": np.nan, "val/top1_ema": np.nan,
+                           "val/ap_box": [1.0, 2.0], "val/ap_mask": [0.5, 1.5]})
+    axes = curves_figure(curves, task="detection").axes
+    assert [ax.get_title() for ax in axes] == ["AP$^{box}$, val (%)", "AP$^{mask}$, val (%)"]
+    assert list(axes[0].get_lines()[0].get_ydata()) == [1.0, 2.0]
+    trained = curves.assign(**{"val/ap_box_train": [3.0, 6.0], "val/ap_mask_train": [2.0, 4.0]})
+    assert len(curves_figure(trained, task="detection").axes) == 4

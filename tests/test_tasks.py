@@ -65,7 +65,10 @@ def test_detection_starts_from_the_named_experiments_run_and_records_ap(classifi
     assert results.loc[0, "init_top1"] == _result(out, "smoke", "resnet50")["top1"]
     assert "ap_box_mean" in summary and summary.loc[0, "ap_box_mean"] == result["ap_box"]
     written = write_report(out / "det", out / "report", ["png"])
-    assert "downstream.png" in [path.name for path in written]
+    # its own figures and table, not the classification ladder's
+    assert sorted(path.name for path in written) == ["curves.png", "downstream.png", "dynamics.png", "ladder.md"]
+    markdown = (out / "report" / "ladder.md").read_text()
+    assert "![curves](curves.png)" in markdown and "| ap_box |" in markdown and "Spearman" not in markdown
 
 
 def test_segmentation_trains_by_steps_and_records_miou(classification: Path) -> None:
@@ -102,7 +105,7 @@ def test_init_from_an_experiment_without_the_rung_or_an_unknown_one_names_it(cla
         plan_run(cfg)
     cfg = compose_run("step=patchify_stem", *DETECTION, "init_from=smokey", f"output_root={classification}")
     with pytest.raises(RunConfigError, match=r"init_from=smokey: no checkpoint, run directory or experiment of "
-                                             r"that name .*; experiments with r50 runs under output_root=.*: smoke$"):
+                                             r"that name .*; experiments with r50 runs under output_root=.*: (.*, )?smoke(, |$)"):
         plan_run(cfg)
     cfg = compose_run("step=resnet50", *DETECTION, "init_from=smoke", "seed=3", "init_from_seed=0",
                       f"output_root={classification}")

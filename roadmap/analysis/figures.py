@@ -21,7 +21,8 @@ from roadmap.analysis.tables import DEFAULT_REGIME, FAMILY_REGIME, paper_figures
 from roadmap.ladder import known_regime, load_regime
 from roadmap.rundir import METRICS_FILE
 
-FIGURES = ("ladder", "top1_vs_gmacs", "top1_vs_throughput", "curves", "dynamics")  # `downstream`, `variants` where they apply
+FIGURES = ("ladder", "top1_vs_gmacs", "top1_vs_throughput", "curves", "dynamics")  # `variants` where runs have one
+DOWNSTREAM_FIGURES = ("downstream", "curves", "dynamics")  # a downstream task's report
 OURS_COLOR = "tab:blue"
 PAPER_COLOR = "tab:orange"
 PAPER_22K_COLOR = "tab:red"
@@ -194,28 +195,45 @@ def _runs(curves: pd.DataFrame, regime: str, seed: int | None) -> pd.DataFrame:
     return runs if seed is None else runs[runs["seed"] == seed]
 
 
-def curves_figure(curves: pd.DataFrame, regime: str = DEFAULT_REGIME, seed: int | None = None, title: str = "") -> Figure:
-    """Validation top-1 (raw and EMA) per epoch, one line per rung (mean over seeds, or `seed`);
-    colours follow the ladder order, branches and variants dashed."""
+# The curves of a task's validation metrics: (metrics.csv column, panel title); a downstream task's panels
+# are drawn where its runs have them (task.eval_train's scores of the training images).
+CURVE_PANELS = {"classification": (("val/top1", "val top-1 (%)"), ("val/top1_ema", "val top-1, EMA weights (%)")),
+                "detection": (("val/ap_box", "AP$^{box}$, val (%)"), ("val/ap_mask", "AP$^{mask}$, val (%)"),
+                              ("val/ap_box_train", "AP$^{box}$, the training images (%)"),
+                              ("val/ap_mask_train", "AP$^{mask}$, the training images (%)")),
+                "segmentation": (("val/miou", "mIoU, val (%)"), ("val/aacc", "pixel accuracy, val (%)"))}
+
+
+def curves_figure(curves: pd.DataFrame, regime: str = DEFAULT_REGIME, seed: int | None = None, title: str = "",
+                  task: str = "classification") -> Figure:
+    """The task's validation metrics per epoch (classification: top-1, raw and EMA), one line per rung
+    (mean over seeds, or `seed`); colours follow the ladder order, branches and variants dashed."""
     runs = _runs(curves, regime, seed)
-    fig = Figure(figsize=(13, 5), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    lines = [line for line in _rungs(runs, regime) if line[3]["val/top1"].notna().any()]
+    panels = [(c, name) for c, name in CURVE_PANELS[task] if task == "classification" or c in runs and runs[c].notna().any()]
+    panels = panels or list(CURVE_PANELS[task][:1])
+    runs = runs.reindex(columns=[*runs.columns, *(c for c, _ in panels if c not in runs)])
+    columns = [c for c, _ in panels]
+    rows = math.ceil(len(panels) / 2)
+    fig = Figure(figsize=(13 if len(panels) > 1 else 7, 5 * rows), layout="constrained")
+    axes = fig.subplots(rows, min(len(panels), 2), sharey=task == "classification", squeeze=False).ravel()
+    lines = [line for line in _rungs(runs, regime) if line[3][columns[0]].notna().any()]
     for color, rung, dashed, group in lines:
-        mean = group.groupby("epoch")[["val/top1", "val/top1_ema"]].mean().dropna(how="all")
-        for ax, metric in zip(axes, ["val/top1", "val/top1_ema"]):
+        mean = group.groupby("epoch")[columns].mean().dropna(how="all")
+        for ax, metric in zip(axes, columns):
             ax.plot(mean.index, mean[metric], color=color, linestyle="--" if dashed else "-", marker="o",
                     markersize=3, label=_label(rung, group))
     empty = f"no {METRICS_FILE} yet" if runs.empty else "no validation yet (validated every trainer.check_val_every_n_epoch)"
-    for ax, name in zip(axes, ["val top-1 (%)", "val top-1, EMA weights (%)"]):
+    for ax, (_, name) in zip(axes, panels):
         ax.set_xlabel(EPOCH_LABEL)
         ax.set_title(name)
         ax.grid(alpha=0.3)
         if not lines:
             ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, color="grey")
-    axes[0].set_ylabel("top-1 (%)")
+    for ax in axes[len(panels):]:  # an odd panel count's empty slot
+        ax.set_visible(False)
+    axes[0].set_ylabel("top-1 (%)" if task == "classification" else "%")
     if lines:
-        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        axes[min(len(panels), 2) - 1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(title or f"{regime}: training curves ({'seed ' + str(seed) if seed is not None else 'mean over seeds'})")
     return fig
 
@@ -335,15 +353,19 @@ def report_figures(data: ReportData) -> dict[str, Figure]:
     figures = {}
     for regime in data.regimes:
         suffix, name = regime_suffix(regime), f"{data.name} ({regime})"
-        table = data.ladder(regime)
-        if data.task != "classification":
+        curves_title, dynamics_title = f"{name}: training curves, mean over seeds", f"{name}: training dynamics, mean over seeds"
+        if data.task != "classification":  # its metrics, not the classification ladder's
             figures[f"downstream{suffix}"] = downstream_figure(data.plain_runs(regime), data.task,
                                                                title=f"{name}: the downstream ladder ({data.task})")
+            figures[f"curves{suffix}"] = curves_figure(data.curves, regime, title=curves_title, task=data.task)
+            figures[f"dynamics{suffix}"] = dynamics_figure(data.curves, regime, title=dynamics_title)
+            continue
+        table = data.ladder(regime)
         figures[f"ladder{suffix}"] = ladder_figure(table, title=f"{name}: ours vs the paper's Figure 2")
         figures[f"top1_vs_gmacs{suffix}"] = top1_vs_gmacs_figure(table, data.image_size, title=name)
         figures[f"top1_vs_throughput{suffix}"] = top1_vs_throughput_figure(table, title=name)
-        figures[f"curves{suffix}"] = curves_figure(data.curves, regime, title=f"{name}: training curves, mean over seeds")
-        figures[f"dynamics{suffix}"] = dynamics_figure(data.curves, regime, title=f"{name}: training dynamics, mean over seeds")
+        figures[f"curves{suffix}"] = curves_figure(data.curves, regime, title=curves_title)
+        figures[f"dynamics{suffix}"] = dynamics_figure(data.curves, regime, title=dynamics_title)
         variants = data.variant_runs(regime)
         if not variants.empty:
             figures[f"variants{suffix}"] = variants_figure(variants, title=f"{name}: variants")

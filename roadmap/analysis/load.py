@@ -13,9 +13,12 @@ from roadmap.ladder import ladder_order
 from roadmap.reference import PAPER_COLUMNS
 from roadmap.results import RESULT_FIELDS
 from roadmap.rundir import RESULTS_CSV, RunDir, list_runs, read_history
+from roadmap.tasks import METRICS
 
 CURVE_COLUMNS = ["regime", "rung", "step", "variant", "seed", "order", "epoch", "val/top1", "val/top1_ema"]
 DYN = "dyn/"  # roadmap.diagnostics' columns, kept in `curves` where a metrics.csv has them
+# A downstream task's validation metrics (`roadmap.tasks.METRICS`), kept in `curves` where a metrics.csv has them.
+TASK_CURVES = {f"val/{name}" for task, names in METRICS.items() if task != "classification" for name in names}
 
 
 @dataclass
@@ -86,7 +89,7 @@ def load_curves(experiment_dir: Path, runs: list[RunDir] | None = None) -> pd.Da
             regime=run.regime, rung=run.rung, step=run.step, variant=run.variant or "", seed=run.seed,
             order=ladder_order(run.regime, run.step),
         )
-        frames.append(frame.reindex(columns=CURVE_COLUMNS + [c for c in frame if c.startswith(DYN)]))
+        frames.append(frame.reindex(columns=CURVE_COLUMNS + [c for c in frame if c.startswith(DYN) or c in TASK_CURVES]))
     if not frames:
         return pd.DataFrame(columns=CURVE_COLUMNS)
     return pd.concat(frames, ignore_index=True).sort_values(["regime", "order", "variant", "seed", "epoch"])

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from roadmap.analysis.figures import FIGURES, regime_suffix
+from roadmap.analysis.figures import DOWNSTREAM_FIGURES, FIGURES, regime_suffix
 from roadmap.analysis.formatting import mean_std, num, short_title
 from roadmap.analysis.load import ReportData
 from roadmap.analysis.proxy_study import compared_ladders, comparison_table, study_table
@@ -155,14 +155,17 @@ def markdown_report(data: ReportData, figure_format: str | None = "png") -> str:
     # The reason's first line: a traceback stays in the run's result.json.
     parts += [f"- failed: `{r.regime}/{r.step}` seed {r.seed}: {str(r.reason).splitlines()[0] if r.reason else ''}"
               for r in failed.itertuples()]
-    parts.append("Top-1 in %: ours on this experiment's data (mean ± std over seeds), the paper's on ImageNet-1K at 224².")
+    parts.append("Top-1 in %: ours on this experiment's data (mean ± std over seeds), the paper's on ImageNet-1K at 224²."
+                 if data.task == "classification" else f"The {data.task} metrics in %: ours on this experiment's data "
+                 "(mean ± std over seeds), the paper's for ConvNeXt-T at full scale.")
     for regime in data.regimes:
         suffix = regime_suffix(regime)
         parts += ["", f"## {regime}", "", status_note(data, regime), ""]
-        if data.task != "classification":
+        if data.task != "classification":  # its table and figures, not the classification ladder's
             if figure_format:
-                parts += [f"![downstream](downstream{suffix}.{figure_format})", ""]
-            parts += [downstream_table(data.plain_runs(regime), data.task), ""]
+                parts += [f"![{name}]({name}{suffix}.{figure_format})" for name in DOWNSTREAM_FIGURES] + [""]
+            parts.append(downstream_table(data.plain_runs(regime), data.task))
+            continue
         if figure_format:
             parts += [f"![{name}]({name}{suffix}.{figure_format})" for name in FIGURES] + [""]
         parts.append(markdown_table(data.ladder(regime), data.image_size, data.plain_runs(regime)))
