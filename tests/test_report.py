@@ -274,6 +274,21 @@ def test_a_failed_runs_reason_is_one_line_in_ladder_md(experiment_dir: Path, tmp
     assert "x.py" not in "\n".join(lines)
 
 
+def test_a_study_of_variants_alone_has_no_ladder_to_draw(tmp_path: Path) -> None:
+    """Runs that are all variants of a rung (pre-training and fine-tuning, say): the variants figure and
+    table, the curves, no ladder figures or ladder table, and a status line that says what it is."""
+    root = tmp_path / "study"
+    for variant, top1 in (("pretrain", 60.0), ("finetune", 65.0)):
+        for seed in (0, 1):
+            _write_run(root, _result("resnet50", seed, top1 + seed, variant=variant), f"resnet50-{variant}", seed)
+    written = report.write_report(root, formats=["png"])
+    assert sorted(p.name for p in written) == ["curves.png", "dynamics.png", "ladder.md", "variants.png"]
+    markdown = (root / "report" / "ladder.md").read_text()
+    assert "study (r50): a study of variants: 4 completed runs of 2 variants, no plain rung." in markdown
+    assert "| `resnet50` | `finetune` | 65.50 ± 0.71 (2) |" in markdown and "![ladder]" not in markdown
+    assert "Spearman" not in markdown
+
+
 def test_write_report_without_runs(tmp_path: Path) -> None:
     written = report.write_report(tmp_path / "nothing", formats=["png"])
     assert (tmp_path / "nothing" / "report" / "ladder.png") in written

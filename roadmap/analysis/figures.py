@@ -353,25 +353,34 @@ def report_figures(data: ReportData) -> dict[str, Figure]:
     figures = {}
     for regime in data.regimes:
         suffix, name = regime_suffix(regime), f"{data.name} ({regime})"
-        curves_title, dynamics_title = f"{name}: training curves, mean over seeds", f"{name}: training dynamics, mean over seeds"
-        if data.task != "classification":  # its metrics, not the classification ladder's
-            figures[f"downstream{suffix}"] = downstream_figure(data.plain_runs(regime), data.task,
-                                                               title=f"{name}: the downstream ladder ({data.task})")
-            figures[f"curves{suffix}"] = curves_figure(data.curves, regime, title=curves_title, task=data.task)
-            figures[f"dynamics{suffix}"] = dynamics_figure(data.curves, regime, title=dynamics_title)
-            continue
-        table = data.ladder(regime)
-        figures[f"ladder{suffix}"] = ladder_figure(table, title=f"{name}: ours vs the paper's Figure 2")
-        figures[f"top1_vs_gmacs{suffix}"] = top1_vs_gmacs_figure(table, data.image_size, title=name)
-        figures[f"top1_vs_throughput{suffix}"] = top1_vs_throughput_figure(table, title=name)
-        figures[f"curves{suffix}"] = curves_figure(data.curves, regime, title=curves_title)
-        figures[f"dynamics{suffix}"] = dynamics_figure(data.curves, regime, title=dynamics_title)
+        draw = {
+            "downstream": lambda: downstream_figure(data.plain_runs(regime), data.task,
+                                                    title=f"{name}: the downstream ladder ({data.task})"),
+            "ladder": lambda: ladder_figure(data.ladder(regime), title=f"{name}: ours vs the paper's Figure 2"),
+            "top1_vs_gmacs": lambda: top1_vs_gmacs_figure(data.ladder(regime), data.image_size, title=name),
+            "top1_vs_throughput": lambda: top1_vs_throughput_figure(data.ladder(regime), title=name),
+            "curves": lambda: curves_figure(data.curves, regime, title=f"{name}: training curves, mean over seeds",
+                                            task=data.task),
+            "dynamics": lambda: dynamics_figure(data.curves, regime, title=f"{name}: training dynamics, mean over seeds"),
+        }
+        figures |= {f"{stem}{suffix}": draw[stem]() for stem in regime_figures(data, regime)}
         variants = data.variant_runs(regime)
         if not variants.empty:
             figures[f"variants{suffix}"] = variants_figure(variants, title=f"{name}: variants")
         if data.compared:
             figures[f"compare{suffix}"] = comparison_figure(compared_ladders(data, regime), title=f"{regime} ladders compared with the paper's")
     return figures
+
+
+def regime_figures(data: ReportData, regime: str) -> tuple[str, ...]:
+    """The figures of a regime's report, in ladder.md's order (`variants` and `compare` have their own
+    sections): a downstream task's own; a classification ladder's, without the ladder's three when the
+    regime's runs are all variants (a study such as pre-training and fine-tuning: no rung to compare)."""
+    if data.task != "classification":
+        return DOWNSTREAM_FIGURES
+    if data.plain_runs(regime).empty and not data.variant_runs(regime).empty:
+        return ("curves", "dynamics")
+    return FIGURES
 
 
 def regime_suffix(regime: str) -> str:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from roadmap.analysis.figures import DOWNSTREAM_FIGURES, FIGURES, regime_suffix
+from roadmap.analysis.figures import regime_figures, regime_suffix
 from roadmap.analysis.formatting import mean_std, num, short_title
 from roadmap.analysis.load import ReportData
 from roadmap.analysis.proxy_study import compared_ladders, comparison_table, study_table
@@ -20,6 +20,10 @@ from roadmap.statistics import (
 def status_note(data: ReportData, regime: str = DEFAULT_REGIME) -> str:
     """One line on how complete the experiment is, e.g. for a notebook."""
     missing, total = missing_rungs(data.summary, regime), len(list_steps(regime))
+    variants = data.variant_runs(regime)
+    if len(missing) == total and not variants.empty:
+        return (f"{data.name} ({regime}): a study of variants: {len(variants)} completed runs of "
+                f"{variants.groupby(['step', 'variant']).ngroups} variants, no plain rung.")
     if not missing:
         return f"{data.name} ({regime}): all {total} adopted rungs have results."
     if len(missing) == total:
@@ -161,14 +165,14 @@ def markdown_report(data: ReportData, figure_format: str | None = "png") -> str:
     for regime in data.regimes:
         suffix = regime_suffix(regime)
         parts += ["", f"## {regime}", "", status_note(data, regime), ""]
-        if data.task != "classification":  # its table and figures, not the classification ladder's
-            if figure_format:
-                parts += [f"![{name}]({name}{suffix}.{figure_format})" for name in DOWNSTREAM_FIGURES] + [""]
+        figures = regime_figures(data, regime)
+        if figure_format:
+            parts += [f"![{name}]({name}{suffix}.{figure_format})" for name in figures] + [""]
+        if data.task != "classification":  # its table, not the classification ladder's
             parts.append(downstream_table(data.plain_runs(regime), data.task))
             continue
-        if figure_format:
-            parts += [f"![{name}]({name}{suffix}.{figure_format})" for name in FIGURES] + [""]
-        parts.append(markdown_table(data.ladder(regime), data.image_size, data.plain_runs(regime)))
+        if "ladder" in figures:
+            parts.append(markdown_table(data.ladder(regime), data.image_size, data.plain_runs(regime)))
         variants = variants_table(data.summary, regime)
         if variants:
             parts += ["", "### Variants", ""]
