@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from roadmap.model.convert import ConversionError, detect_format, map_onto_model
-from roadmap.rundir import CHECKPOINT_FILE
+from roadmap.rundir import CHECKPOINT_FILE, read_result
 
 HEAD_KEYS = ("head.fc.weight", "head.fc.bias")
 
@@ -54,13 +54,23 @@ def group_matcher(depths: list[int]) -> Callable[[str], int]:
 
 
 def checkpoint_file(init_from: str) -> Path:
-    """A run directory's last.ckpt, or the file itself."""
+    """A completed run directory's last.ckpt, or the file itself (taken as it is)."""
     path = Path(init_from).expanduser()
     if path.is_dir():
-        path = path / CHECKPOINT_FILE
+        folder, path = path, path / CHECKPOINT_FILE
         if not path.is_file():
             raise InitFromError(f"init_from={init_from}: the folder holds no {CHECKPOINT_FILE} (a run directory "
                                 f"has one once its first epoch has ended)")
+        # A run still training (another sweep's, say) has a last.ckpt too: not the weights it will end with.
+        try:
+            result = read_result(folder)
+        except ValueError as error:
+            raise InitFromError(f"init_from={init_from}: {error}") from error
+        if result is None or result["status"] != "completed":
+            why = ("it has no result.json yet: still running, or stopped before its end" if result is None
+                   else f"its result.json says status: {result['status']}")
+            raise InitFromError(f"init_from={init_from}: the run there has not completed ({why}); finish it (its "
+                                f"command resumes it), or give its checkpoint to start from it as it is: init_from={path}")
     elif not path.is_file():
         raise InitFromError(f"init_from={init_from}: no such file or folder")
     return path

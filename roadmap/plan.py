@@ -147,12 +147,6 @@ def _resolve_init_from(cfg: DictConfig) -> None:
     seed = int(cfg.seed) if seed is None else int(seed)
     run = experiment_run(str(init_from), cfg.output_root, cfg.regime.name, cfg.step, seed)
     if run is None:
-        readings = (Path(str(init_from)).expanduser(), Path(cfg.output_root) / str(init_from))
-        if not any(path.exists() for path in readings):  # else a checkpoint or run directory: checked where read
-            found = sorted(p.parent.name for p in Path(cfg.output_root).glob(f"*/{cfg.regime.name}") if p.is_dir())
-            raise RunConfigError(f"init_from={init_from}: no checkpoint, run directory or experiment of that name "
-                                 f"(neither {readings[0]} nor {readings[1]}); experiments with {cfg.regime.name} "
-                                 f"runs under output_root={cfg.output_root}: {', '.join(found) or 'none'}")
         return
     if not (run / CHECKPOINT_FILE).is_file():
         raise RunConfigError(f"init_from={init_from}: the experiment has no finished epoch of rung "

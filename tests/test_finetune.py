@@ -12,6 +12,7 @@ import torch
 import roadmap
 from roadmap.finetune import InitFromError, initialize
 from roadmap.recipe import layer_decay_groups
+from roadmap.rundir import write_result
 
 QUARTER = {"width_mult": 0.25}
 
@@ -87,6 +88,7 @@ def test_same_head_checkpoint_loads_every_weight_raw_or_ema(tmp_path: Path) -> N
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     _lightning_checkpoint(source, run_dir / "last.ckpt")
+    write_result(run_dir, {"status": "completed", "top1": 50.0})
     for init_from, ema, scale in [(run_dir, False, 1.0), (run_dir / "last.ckpt", True, 2.0)]:
         target = roadmap.build_model("patchify_stem", num_classes=10, **QUARTER)
         record = initialize(target, str(init_from), ema=ema)
@@ -133,6 +135,17 @@ def test_bad_sources_are_one_line_naming_the_file_and_the_key(tmp_path: Path) ->
         initialize(model, str(tmp_path / "nowhere.ckpt"))
     with pytest.raises(InitFromError, match="holds no last.ckpt"):
         initialize(model, str(tmp_path))
+    # a run directory whose run has not completed (still training, or stopped): not its final weights
+    running = tmp_path / "running"
+    running.mkdir()
+    _lightning_checkpoint(model, running / "last.ckpt")
+    with pytest.raises(InitFromError, match=r"running: the run there has not completed \(it has no result.json yet: "
+                                            r"still running, or stopped before its end\); .* init_from=.*running/last.ckpt$"):
+        initialize(model, str(running))
+    write_result(running, {"status": "interrupted", "top1": None})
+    with pytest.raises(InitFromError, match=r"has not completed \(its result.json says status: interrupted\)"):
+        initialize(model, str(running))
+    assert initialize(model, str(running / "last.ckpt"))["init_from"].endswith("last.ckpt")  # the file: as it is
     (tmp_path / "corrupt.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(InitFromError, match=r"corrupt.ckpt: cannot read it \(UnpicklingError"):
         initialize(model, str(tmp_path / "corrupt.ckpt"))

@@ -98,14 +98,10 @@ def test_a_task_that_cannot_work_is_one_line_before_anything_is_written(override
     assert not any(tmp_path.iterdir())
 
 
-def test_init_from_an_experiment_without_the_rung_or_an_unknown_one_names_it(classification: Path) -> None:
+def test_init_from_an_experiment_without_the_rung_names_it(classification: Path) -> None:
     cfg = compose_run("step=patchify_stem", *DETECTION, "init_from=smoke", f"output_root={classification}")
     with pytest.raises(RunConfigError, match=r"init_from=smoke: the experiment has no finished epoch of rung "
                                              r"r50/patchify_stem seed 0"):
-        plan_run(cfg)
-    cfg = compose_run("step=patchify_stem", *DETECTION, "init_from=smokey", f"output_root={classification}")
-    with pytest.raises(RunConfigError, match=r"init_from=smokey: no checkpoint, run directory or experiment of "
-                                             r"that name .*; experiments with r50 runs under output_root=.*: (.*, )?smoke(, |$)"):
         plan_run(cfg)
     cfg = compose_run("step=resnet50", *DETECTION, "init_from=smoke", "seed=3", "init_from_seed=0",
                       f"output_root={classification}")
