@@ -365,7 +365,7 @@ def report_figures(data: ReportData) -> dict[str, Figure]:
         }
         figures |= {f"{stem}{suffix}": draw[stem]() for stem in regime_figures(data, regime)}
         variants = data.variant_runs(regime)
-        if not variants.empty:
+        if data.task == "classification" and not variants.empty:  # top-1 per variant
             figures[f"variants{suffix}"] = variants_figure(variants, title=f"{name}: variants")
         if data.compared:
             figures[f"compare{suffix}"] = comparison_figure(compared_ladders(data, regime), title=f"{regime} ladders compared with the paper's")
