@@ -84,7 +84,8 @@ def test_the_documents_have_commands_to_check() -> None:
 
 @pytest.mark.parametrize(("document", "command", "args"), COMMANDS,
                          ids=[f"{doc}:{cmd} {' '.join(args)}"[:120] for doc, cmd, args in COMMANDS])
-def test_a_documented_command_composes_and_passes_its_checks(document: str, command: str, args: list[str]) -> None:
+def test_a_documented_command_composes_and_passes_its_checks(document: str, command: str, args: list[str],
+                                                            tmp_path: Path) -> None:
     if command == "shards":
         build_parser().parse_args(args)
         return
@@ -93,8 +94,11 @@ def test_a_documented_command_composes_and_passes_its_checks(document: str, comm
         return
     assert command in CONFIG_OF, f"{document}: python -m roadmap.{command} is no command"
     overrides = _hydra_overrides(args)
+    # Planned under an empty output_root: an `init_from=<experiment>` of the command names recorded runs
+    # whose checkpoints are not committed (a clone has their folders, not their last.ckpt).
+    elsewhere = f"output_root={tmp_path}"
     if command in ("run", "inspect"):
-        cfg = compose_run(overrides, CONFIG_OF[command])
+        cfg = compose_run([*overrides, elsewhere], CONFIG_OF[command])
         if command == "run":
             plan_run(cfg)
         return
@@ -103,4 +107,4 @@ def test_a_documented_command_composes_and_passes_its_checks(document: str, comm
     if command in ("sweep", "status"):
         rungs, _ = expand(cfg)
         passed_on = [o for o in overrides if o.lstrip("+~").split("=", 1)[0].split(".")[0] not in ("roadmap", "launcher")]
-        plan_rungs(rungs[:1], passed_on)
+        plan_rungs(rungs[:1], [*passed_on, elsewhere])
