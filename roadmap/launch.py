@@ -11,7 +11,7 @@ import time
 from omegaconf import DictConfig
 
 from roadmap.preset import Rung, SweepError, status_of
-from roadmap.rundir import STDOUT_LOG, read_result
+from roadmap.rundir import EXIT_BUSY, STDOUT_LOG, read_result
 from roadmap.signals import Interrupted, was_interrupted
 
 log = logging.getLogger("roadmap.sweep")
@@ -61,6 +61,9 @@ def launch_local(rungs: list[Rung], passed_on: list[str], launcher: DictConfig, 
                 rung, slot, stream, started = running.pop(proc)
                 stream.close()
                 free_slots.append(slot)
+                if proc.returncode == EXIT_BUSY:  # another sweep started it between our check and its lock
+                    log.info("skip  %s: running elsewhere (started by another process meanwhile)", rung.label)
+                    continue
                 codes[rung.label] = proc.returncode
                 log.info("end   %s: %s in %.0fs", rung.label, _outcome(rung, proc.returncode), time.monotonic() - started)
     except Interrupted as stop:  # pass the signal on to the running rungs; each stops as a resumable run

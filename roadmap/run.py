@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from roadmap.data import DataError
 from roadmap.ladder import conf_dir, rung_argv
 from roadmap.plan import RunConfigError, RunPlan, plan_run, valid_per_device_batches
-from roadmap.rundir import RESULT_FILE, Attempt, plan_action
+from roadmap.rundir import EXIT_BUSY, RESULT_FILE, Attempt, RunBusy, plan_action, refuse_if_busy
 from roadmap.signals import Interrupted, exit_by_signal, raise_on_signals
 from roadmap.tasks import headline
 from roadmap.training import CheckpointError, Parts, attempt_fields, build_parts, is_rank_zero, train, verify_checkpoint
@@ -59,10 +59,14 @@ def execute(cfg: DictConfig) -> int:
         if action == "skip":
             log.info("%s: completed with the same config; skipping (force=true reruns it)", plan.out_dir)
             return 0
+        if is_rank_zero():  # at once, rather than after building (DDP's other ranks run under rank 0's lock)
+            refuse_if_busy(plan.out_dir)
         parts = build_parts(plan)
         attempt = Attempt(plan.out_dir, action)
         if action == "resume":
             verify_checkpoint(attempt.checkpoint, plan, parts.model)
+    except RunBusy as error:
+        return _error(error, EXIT_BUSY)
     except (RunConfigError, CheckpointError, DataError, ValueError) as error:
         return _error(error)
     except Interrupted as stop:
@@ -79,8 +83,8 @@ def execute(cfg: DictConfig) -> int:
     except OSError as error:
         return _error(f"cannot write to {error.filename or plan.out_dir}: {error.strerror}; nothing was changed. "
                       f"Use a writable output_root with free space.")
-    except RuntimeError as error:  # another live process trains this run
-        return _error(error)
+    except RunBusy as error:  # another process started it while this one was building
+        return _error(error, EXIT_BUSY)
     try:
         return _train_and_record(plan, parts, attempt, state)
     finally:

@@ -352,19 +352,45 @@ def lock_holder(out_dir: Path) -> dict[str, Any] | None:
     return holder if age < LOCK_STALE_S else None
 
 
-def acquire_lock(out_dir: Path) -> None:
-    """Mark the run as running; refuse if another live process runs it (a requeued SLURM job
-    takes over its own earlier lock)."""
+class RunBusy(RuntimeError):
+    """Another live process trains this run (roadmap.run exits with EXIT_BUSY: a sweep counts the rung
+    as running elsewhere, not as failed)."""
+
+
+EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: try later
+
+
+def refuse_if_busy(out_dir: Path) -> None:
+    """RunBusy if another live process holds the run's lock (a requeued SLURM job may take over its own)."""
     holder = lock_holder(out_dir)
     job = os.environ.get("SLURM_JOB_ID")
     if holder is not None and holder.get("pid") != os.getpid() and not (job and holder.get("slurm_job_id") == job):
-        raise RuntimeError(
+        raise RunBusy(
             f"{out_dir} is already being trained by pid {holder.get('pid')} on {holder.get('host')} "
             f"(since {holder.get('started')}); wait for it or stop it"
         )
+
+
+def acquire_lock(out_dir: Path) -> None:
+    """Mark the run as running; RunBusy if another live process runs it. The lock appears whole and
+    only if none is there (a hard link), so that of two processes starting the run at the same
+    moment one gets it and the other is refused; one that is not live (or is ours) is replaced."""
+    refuse_if_busy(out_dir)
+    path = Path(out_dir) / LOCK_FILE
     record = {"pid": os.getpid(), "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "process_start": process_start(os.getpid()), "slurm_job_id": job}
-    write_atomic(Path(out_dir) / LOCK_FILE, json.dumps(record) + "\n")
+              "process_start": process_start(os.getpid()), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+    staged = path.with_name(f".{LOCK_FILE}.{os.getpid()}")
+    try:
+        write_atomic(staged, json.dumps(record) + "\n")
+    except OSError as error:  # named as the lock it was to become
+        raise OSError(error.errno, error.strerror, str(path)) from error
+    try:
+        os.link(staged, path)
+    except OSError:  # a lock is there (or the file system has no links): taken over only if not live
+        refuse_if_busy(out_dir)
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def refresh_lock(out_dir: Path) -> None:
@@ -420,7 +446,7 @@ class Attempt:
 
     def open(self, *loggers: logging.Logger) -> None:
         """Lock the run and open run.log (for the root logger and `loggers`). OSError: the
-        directory cannot be written (left as it was); RuntimeError: another live process trains it."""
+        directory cannot be written (left as it was); RunBusy: another live process trains it."""
         try:
             acquire_lock(self.out_dir)
             self._handler = logging.FileHandler(self.out_dir / RUN_LOG)

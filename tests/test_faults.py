@@ -131,6 +131,28 @@ def test_a_corrupt_metrics_csv_is_found_before_resuming(capsys: pytest.CaptureFi
     assert sorted(p.name for p in plan.out_dir.iterdir()) == ["last.ckpt", "metrics.csv"]
 
 
+def test_a_run_another_process_trains_is_refused_at_once(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """The run's lock is held by another live process (another sweep started the rung): refused before
+    anything is built, in one line naming the holder, with the exit code a sweep reads as "running
+    elsewhere" (75), the directory unchanged."""
+    import platform
+    import sys
+
+    plan = plan_run(compose_run("step=gelu", *SMOKE, *TINY, f"output_root={tmp_path / 'out'}"))
+    plan.out_dir.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = {"pid": other.pid, "host": platform.node(), "started": "2026-12-08T01:26:18"}
+        (plan.out_dir / "running.json").write_text(json.dumps(lock))
+        code, err = run_in_process(capsys, tmp_path / "out")
+    finally:
+        other.kill()
+        other.wait()
+    assert (code, err) == (75, [f"roadmap.run: error: {plan.out_dir} is already being trained by pid {other.pid} on "
+                                f"{platform.node()} (since 2026-12-08T01:26:18); wait for it or stop it"])
+    assert sorted(p.name for p in plan.out_dir.iterdir()) == ["running.json"]
+
+
 def test_status_shows_a_corrupt_run_and_goes_on(tmp_path: Path) -> None:
     """`roadmap.status` over a rung whose config.yaml cannot be read: the table shows every rung, that
     one as `corrupt`, then one line on stderr naming the file and what to do; exit 2."""

@@ -82,6 +82,39 @@ def test_a_lock_of_a_reused_pid_or_a_malformed_lock_is_stale(tmp_path: Path, cap
     assert caplog.records[0].getMessage() == f"{lock} is not a lock (a JSON object with a pid): treated as stale"
 
 
+def test_of_two_processes_taking_the_lock_at_once_one_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """Both found no lock; the other process writes its lock first: this one's is not laid over it
+    (RunBusy), and nothing of this attempt's is left there."""
+    import json
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from roadmap import rundir
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    lock = tmp_path / rundir.LOCK_FILE
+    first_check = rundir.refuse_if_busy
+
+    def meanwhile(out_dir: Path) -> None:
+        first_check(out_dir)
+        if not lock.exists():  # the other process locks the run between this one's check and its lock
+            lock.write_text(json.dumps({"pid": other.pid, "host": platform.node()}))
+
+    monkeypatch.setattr(rundir, "refuse_if_busy", meanwhile)
+    try:
+        with pytest.raises(rundir.RunBusy, match=f"already being trained by pid {other.pid}"):
+            rundir.acquire_lock(tmp_path)
+        assert json.loads(lock.read_text())["pid"] == other.pid
+        assert sorted(p.name for p in tmp_path.iterdir()) == [rundir.LOCK_FILE]
+    finally:
+        other.kill()
+        other.wait()
+    rundir.acquire_lock(tmp_path)  # the other has ended: its lock is stale and taken over
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
 def test_a_forced_rerun_never_follows_a_link_left_in_the_run_directory(tmp_path: Path) -> None:
     from roadmap.rundir import RERUN_DIR, Attempt
 

@@ -273,3 +273,28 @@ def test_a_rung_taken_by_another_sweep_meanwhile_is_skipped(tmp_path: Path, monk
     codes = launch.launch_local(rungs, [], OmegaConf.create({"name": "local"}), trainer_devices=1)
     assert started == ["gelu", "width_96"]
     assert set(codes) == {"r50/gelu/seed0", "r50/width_96/seed0"}
+
+
+def test_a_rung_refused_as_busy_is_running_elsewhere_not_failed(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Two sweeps started at one moment both start a rung; the one refused by the other's lock (exit
+    EXIT_BUSY) logs it as running elsewhere, leaves it out of its exit codes, and goes on."""
+    from omegaconf import OmegaConf
+
+    from roadmap import launch, preset
+    from roadmap.rundir import EXIT_BUSY
+
+    class Child:
+        def __init__(self, command: list[str], **_: object) -> None:
+            step = next(a.split("=", 1)[1] for a in command if a.startswith("step="))
+            self.returncode = EXIT_BUSY if step == "gelu" else 0
+
+        def poll(self) -> int:
+            return self.returncode
+
+    monkeypatch.setattr(launch.subprocess, "Popen", Child)
+    monkeypatch.setattr(launch.time, "sleep", lambda _: None)
+    rungs = [preset.Rung(step, 0, "r50", out_dir=tmp_path / step) for step in ("gelu", "kernel_7")]
+    with caplog.at_level("INFO", logger="roadmap.sweep"):
+        codes = launch.launch_local(rungs, [], OmegaConf.create({"name": "local"}), trainer_devices=1)
+    assert codes == {"r50/kernel_7/seed0": 0}
+    assert "skip  r50/gelu/seed0: running elsewhere (started by another process meanwhile)" in caplog.messages
