@@ -18,13 +18,12 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from roadmap.diagnostics import PREFIX as DYNAMICS_PREFIX
 from roadmap.results import write_atomic
 from roadmap.rundir import CONFIG_FILE, METRICS_FILE, PREVIOUS_METRICS_FILE, read_history, refresh_lock
+from roadmap.tasks import TASK_CURVES
 
 log = logging.getLogger("roadmap.run")
 
 COLUMNS = ["epoch", "step", "lr", "train/loss", "val/loss", "val/top1", "val/top5", "val/top1_ema",
            "val/top5_ema", "img_per_s"]
-# A downstream task's validation metrics (roadmap.tasks): columns after COLUMNS when it logs them.
-TASK_METRIC_PREFIXES = ("val/ap_", "val/miou", "val/aacc")
 
 
 def write_epoch_row(path: Path, row: dict[str, Any]) -> None:
@@ -83,7 +82,7 @@ class EpochMetrics(L.Callback):
             value = logged.get(sources.get(column, column)) if validated or not column.startswith("val/") else None
             row[column] = round(float(value), 6) if value is not None else None
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
-        for key in [k for k in logged if k.startswith(TASK_METRIC_PREFIXES)] if validated else []:  # downstream tasks
+        for key in [k for k in logged if k in TASK_CURVES] if validated else []:  # downstream tasks, after COLUMNS
             row[key] = round(float(logged[key]), 6)
         for key in [k for k in logged if k.startswith(DYNAMICS_PREFIX)]:  # roadmap.diagnostics, in its order
             row[key] = float(f"{float(logged[key]):.6g}")

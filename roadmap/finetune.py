@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from roadmap.model.convert import ConversionError, detect_format, map_onto_model
-from roadmap.rundir import CHECKPOINT_FILE, read_result
+from roadmap.rundir import CHECKPOINT_FILE, check_record, recorded_config_hash, run_state
 
 HEAD_KEYS = ("head.fc.weight", "head.fc.bias")
 
@@ -63,14 +63,14 @@ def checkpoint_file(init_from: str) -> Path:
                                 f"has one once its first epoch has ended)")
         # A run still training (another sweep's, say) has a last.ckpt too: not the weights it will end with.
         try:
-            result = read_result(folder)
+            check_record(folder)
+            state = run_state(folder, recorded_config_hash(folder) or "")
         except ValueError as error:
             raise InitFromError(f"init_from={init_from}: {error}") from error
-        if result is None or result["status"] != "completed":
-            why = ("it has no result.json yet: still running, or stopped before its end" if result is None
-                   else f"its result.json says status: {result['status']}")
-            raise InitFromError(f"init_from={init_from}: the run there has not completed ({why}); finish it (its "
-                                f"command resumes it), or give its checkpoint to start from it as it is: init_from={path}")
+        if state != "done":
+            raise InitFromError(f"init_from={init_from}: the run there has not completed (roadmap.status: {state}); "
+                                f"finish it (its command resumes it), or give its checkpoint to start from it as it "
+                                f"is: init_from={path}")
     elif not path.is_file():
         raise InitFromError(f"init_from={init_from}: no such file or folder")
     return path

@@ -2,7 +2,11 @@
 layer-wise lr decay against the official ConvNeXt assignment."""
 from __future__ import annotations
 
+import json
+import platform
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +16,7 @@ import torch
 import roadmap
 from roadmap.finetune import InitFromError, initialize
 from roadmap.recipe import layer_decay_groups
-from roadmap.rundir import write_result
+from roadmap.rundir import LOCK_FILE, write_result
 
 QUARTER = {"width_mult": 0.25}
 
@@ -135,15 +139,23 @@ def test_bad_sources_are_one_line_naming_the_file_and_the_key(tmp_path: Path) ->
         initialize(model, str(tmp_path / "nowhere.ckpt"))
     with pytest.raises(InitFromError, match="holds no last.ckpt"):
         initialize(model, str(tmp_path))
-    # a run directory whose run has not completed (still training, or stopped): not its final weights
+    # a run directory whose run has not completed (stopped, still training, failed): not its final weights
     running = tmp_path / "running"
     running.mkdir()
     _lightning_checkpoint(model, running / "last.ckpt")
-    with pytest.raises(InitFromError, match=r"running: the run there has not completed \(it has no result.json yet: "
-                                            r"still running, or stopped before its end\); .* init_from=.*running/last.ckpt$"):
+    with pytest.raises(InitFromError, match=r"running: the run there has not completed \(roadmap.status: interrupted\); "
+                                            r"finish it \(its command resumes it\), .* init_from=.*running/last.ckpt$"):
         initialize(model, str(running))
-    write_result(running, {"status": "interrupted", "top1": None})
-    with pytest.raises(InitFromError, match=r"has not completed \(its result.json says status: interrupted\)"):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # another sweep trains it: its lock is held by a live process
+        (running / LOCK_FILE).write_text(json.dumps({"pid": other.pid, "host": platform.node()}))
+        with pytest.raises(InitFromError, match=r"has not completed \(roadmap.status: running\)"):
+            initialize(model, str(running))
+    finally:
+        other.kill()
+        other.wait()
+    write_result(running, {"status": "failed", "top1": None})
+    with pytest.raises(InitFromError, match=r"has not completed \(roadmap.status: failed\)"):
         initialize(model, str(running))
     assert initialize(model, str(running / "last.ckpt"))["init_from"].endswith("last.ckpt")  # the file: as it is
     (tmp_path / "corrupt.ckpt").write_bytes(b"not a checkpoint")

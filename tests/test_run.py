@@ -74,7 +74,7 @@ def test_a_fine_tune_from_a_run_directory_records_its_source(smoke_run, tmp_path
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "missing.ckpt: no such file" in bad.stderr
 
 
-def test_epochs_without_validation_have_empty_val_columns(tmp_path: Path) -> None:
+def test_unvalidated_epochs_have_empty_val_columns_and_the_final_validation_fills_the_last_row(tmp_path: Path) -> None:
     """trainer.check_val_every_n_epoch=2 over 3 epochs: epoch 1 is validated in the fit, epoch 0 is
     not (Lightning keeps the last validation's metrics; metrics.csv must not repeat them), and the
     result is the final validation, run after the last epoch and written into its row (so that the

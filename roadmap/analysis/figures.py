@@ -197,11 +197,13 @@ def _runs(curves: pd.DataFrame, regime: str, seed: int | None) -> pd.DataFrame:
 
 # The curves of a task's validation metrics: (metrics.csv column, panel title); a downstream task's panels
 # are drawn where its runs have them (task.eval_train's scores of the training images).
+METRIC_LABELS = {"ap_box": "AP$^{box}$", "ap_mask": "AP$^{mask}$", "miou": "mIoU", "aacc": "pixel accuracy"}
+# Each task's curve panels: (metrics.csv column, axis label). Detection: val, then the training images (task.eval_train).
 CURVE_PANELS = {"classification": (("val/top1", "val top-1 (%)"), ("val/top1_ema", "val top-1, EMA weights (%)")),
-                "detection": (("val/ap_box", "AP$^{box}$, val (%)"), ("val/ap_mask", "AP$^{mask}$, val (%)"),
-                              ("val/ap_box_train", "AP$^{box}$, the training images (%)"),
-                              ("val/ap_mask_train", "AP$^{mask}$, the training images (%)")),
-                "segmentation": (("val/miou", "mIoU, val (%)"), ("val/aacc", "pixel accuracy, val (%)"))}
+                "detection": tuple((f"val/{name}{suffix}", f"{METRIC_LABELS[name]}, {images} (%)")
+                                   for suffix, images in (("", "val"), ("_train", "the training images"))
+                                   for name in ("ap_box", "ap_mask")),
+                "segmentation": tuple((f"val/{name}", f"{METRIC_LABELS[name]}, val (%)") for name in ("miou", "aacc"))}
 
 
 def curves_figure(curves: pd.DataFrame, regime: str = DEFAULT_REGIME, seed: int | None = None, title: str = "",
@@ -283,8 +285,8 @@ def dynamics_figure(curves: pd.DataFrame, regime: str = DEFAULT_REGIME, seed: in
     return fig
 
 
-DOWNSTREAM_PANELS = {"detection": (("ap_box", "AP$^{box}$"), ("ap_mask", "AP$^{mask}$")),
-                     "segmentation": (("miou", "mIoU (single-scale)"),)}
+DOWNSTREAM_PANELS = {"detection": (("ap_box", METRIC_LABELS["ap_box"]), ("ap_mask", METRIC_LABELS["ap_mask"])),
+                     "segmentation": (("miou", f"{METRIC_LABELS['miou']} (single-scale)"),)}
 
 
 def downstream_figure(runs: pd.DataFrame, task: str, title: str = "") -> Figure:

@@ -13,12 +13,10 @@ from roadmap.ladder import ladder_order
 from roadmap.reference import PAPER_COLUMNS
 from roadmap.results import RESULT_FIELDS
 from roadmap.rundir import RESULTS_CSV, RunDir, list_runs, read_history
-from roadmap.tasks import METRICS
+from roadmap.tasks import TASK_CURVES
 
 CURVE_COLUMNS = ["regime", "rung", "step", "variant", "seed", "order", "epoch", "val/top1", "val/top1_ema"]
 DYN = "dyn/"  # roadmap.diagnostics' columns, kept in `curves` where a metrics.csv has them
-# A downstream task's validation metrics (`roadmap.tasks.METRICS`), kept in `curves` where a metrics.csv has them.
-TASK_CURVES = {f"val/{name}" for task, names in METRICS.items() if task != "classification" for name in names}
 
 
 @dataclass

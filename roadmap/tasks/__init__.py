@@ -19,6 +19,8 @@ METRICS: dict[str, tuple[str, ...]] = {
                   "ap_box_train", "ap_mask_train"),  # task.eval_train: the training images, scored as val
     "segmentation": ("miou", "aacc", "miou_ms"),
 }
+# The downstream metrics as metrics.csv columns, logged at each validation (the curves the report draws).
+TASK_CURVES = frozenset(f"val/{name}" for task, names in METRICS.items() if task != "classification" for name in names)
 # The data sets each task reads (data.name).
 DOWNSTREAM_DATASETS = {"detection": ("coco",), "segmentation": ("ade20k",)}
 DATASETS = {"classification": tuple(name for name in schema.KEYS["data.name"].choices
